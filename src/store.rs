@@ -139,6 +139,8 @@ pub trait ListableStore: Store {
 /// * Requests are taken from the list lazily: a million requests never become a million
 ///   futures.
 /// * Dropping the stream drops the pending `get`s, which cancels them.
+/// * A request whose range is invalid whatever the object ([`ByteRange::invalid_reason`])
+///   is answered with [`Error::InvalidRange`](crate::Error::InvalidRange) without a `get`.
 pub fn get_many_concurrent<S: Store + ?Sized>(
     store: &S,
     requests: Vec<Request>,
@@ -146,6 +148,14 @@ pub fn get_many_concurrent<S: Store + ?Sized>(
     let limit = store.io_budget().limit();
     stream::iter(requests.into_iter().enumerate())
         .map(move |(index, request)| async move {
+            if let Some(reason) = request.range.as_ref().and_then(ByteRange::invalid_reason) {
+                let err = crate::Error::InvalidRange {
+                    key: request.key,
+                    range: request.range.unwrap_or(ByteRange::Offset(0)),
+                    reason: reason.to_string(),
+                };
+                return (index, Err(err));
+            }
             let result = store
                 .io_budget()
                 .run(store.get(&request.key, request.range))

@@ -122,6 +122,12 @@ enum Expect {
 }
 
 fn expect(objects: &HashMap<String, Bytes>, request: &Request) -> Expect {
+    // An invalid range is an error whether or not the key exists: no I/O is needed to know.
+    match &request.range {
+        Some(ByteRange::Bounded(r)) if r.start >= r.end => return Expect::InvalidRange,
+        Some(ByteRange::Suffix(0)) => return Expect::InvalidRange,
+        _ => {}
+    }
     let Some(data) = objects.get(&request.key) else {
         return Expect::Missing;
     };
@@ -129,8 +135,6 @@ fn expect(objects: &HashMap<String, Bytes>, request: &Request) -> Expect {
     let take = |a: u64, b: u64| Expect::Bytes(data.slice(a as usize..b as usize));
     match &request.range {
         None => Expect::Bytes(data.clone()),
-        Some(ByteRange::Bounded(r)) if r.start >= r.end => Expect::InvalidRange,
-        Some(ByteRange::Suffix(0)) => Expect::InvalidRange,
         Some(_) if len == 0 => Expect::Bytes(Bytes::new()),
         Some(ByteRange::Bounded(r)) if r.start >= len => Expect::InvalidRange,
         Some(ByteRange::Bounded(r)) => take(r.start, r.end.min(len)),
@@ -443,6 +447,8 @@ impl<'a, S: Store + ?Sized> Conformance<'a, S> {
             Request::range(small.clone(), ByteRange::Suffix(0)),
             Request::range(small.clone(), 10..20),
             Request::range(small.clone(), 1_000..2_000),
+            Request::range(format!("{PREFIX}/missing"), 4..4),
+            Request::range(format!("{PREFIX}/missing"), 4..5),
         ];
         self.check_batch(requests).await
     }
