@@ -52,6 +52,8 @@ mod object_store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// Re-exported so a custom [`Store`] can be written as `#[getmany::async_trait]`.
+pub use async_trait::async_trait;
 pub use error::{BoxError, Error, Result};
 pub use limit::IoBudget;
 pub use memory::MemoryStore;

@@ -52,7 +52,7 @@ pub type GetManyStream<'a> = BoxStream<'a, GetManyItem>;
 ///     budget: IoBudget,
 /// }
 ///
-/// #[async_trait::async_trait]
+/// #[getmany::async_trait]
 /// impl Store for Fixed {
 ///     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<Bytes>> {
 ///         let Some(value) = self.objects.get(key) else { return Ok(None) };

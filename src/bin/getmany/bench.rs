@@ -485,4 +485,35 @@ async fn sweep(bench: &Bench, small: &[String], ranges: &[Request]) {
         }
     }
     println!("{table}");
+    println!();
+
+    println!("## Sweep: split size, one 64 MiB read");
+    println!();
+    let mut table = Table::new();
+    table.load_preset(ASCII_MARKDOWN);
+    table.set_header(vec!["split_size", "GETs", "wall (median)", "wall / (L + P/B)"]);
+    let big = vec![Request::range("probe/big", 0..64 << 20)];
+    for (name, split) in [
+        ("none", u64::MAX),
+        ("32 MiB", 32 << 20),
+        ("16 MiB", 16 << 20),
+        ("8 MiB", 8 << 20),
+        ("4 MiB", 4 << 20),
+    ] {
+        let policy = CoalescePolicy {
+            split_size: split,
+            ..CoalescePolicy::default()
+        };
+        let store = bench.store(policy, bench.args.budget);
+        let m = bench
+            .measure(repeat, || drain(&store, big.clone(), false))
+            .await;
+        table.add_row(vec![
+            name.to_string(),
+            m.reads.to_string(),
+            ms(m.wall),
+            format!("{:.2}", m.wall.as_secs_f64() / bench.limit(64 << 20).as_secs_f64()),
+        ]);
+    }
+    println!("{table}");
 }
