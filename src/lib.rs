@@ -52,6 +52,9 @@ mod object_store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+#[cfg(feature = "s3-server")]
+pub mod s3_server;
+
 /// Re-exported so a custom [`Store`] can be written as `#[getmany::async_trait]`.
 pub use async_trait::async_trait;
 pub use error::{BoxError, Error, Result};

@@ -298,3 +298,24 @@ async fn truncation_is_resumed_by_a_retrying_client() {
     assert!(result.is_err());
     assert_eq!(server.counts(), counts(2, 0, 0));
 }
+
+/// Dropping the server stops it (including open keep-alive connections) and
+/// removes its directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_stops_the_server() {
+    let server = S3TestServer::start().await;
+    server.put("a.bin", b"hello").await;
+    let client = server.client();
+    // Opens a pooled keep-alive connection.
+    client.head(&Path::from("a.bin")).await.unwrap();
+    let root = server.root().to_owned();
+    drop(server);
+    assert!(!root.exists());
+
+    let path = Path::from("a.bin");
+    let read = client.get(&path);
+    let result = tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("a request to a dropped server fails, not hangs");
+    assert!(result.is_err());
+}

@@ -105,7 +105,6 @@ impl Link {
 /// let started = std::time::Instant::now();
 /// slow.get("a", None).await?;
 /// println!("one get took {:?}", started.elapsed()); // about 5 ms
-
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]

@@ -16,10 +16,15 @@
 //! here; see `tests/s3_server_smoke.rs`, which pins it down):
 //!
 //! * A suffix range longer than the object (`bytes=-N`, N > size) answers
-//!   HTTP 500 instead of returning the whole object, because s3s-fs seeks to
-//!   `size - N`, i.e. before the start of the file.
-//! * A range starting at or past the end of the object answers
-//!   416 `InvalidRange`, and so does any range on an empty object.
+//!   HTTP 500 `InternalError` instead of returning the whole object, because
+//!   s3s-fs seeks to `size - N`, i.e. before the start of the file. Being a
+//!   5xx, object_store retries it when retries are on.
+//! * A range starting at or past the end of the object (and `bytes=-0`)
+//!   answers 416 `InvalidRange`, and so does any bounded or offset range on an
+//!   empty object.
+//! * A suffix range on an empty object makes s3s-fs panic (u64 underflow
+//!   formatting Content-Range, debug builds): the connection is dropped with
+//!   no response and the client sees a transport error.
 //! * A bounded range whose end is past the end of the object is clamped
 //!   (206 with the available bytes), as on AWS.
 
