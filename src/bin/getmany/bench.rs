@@ -232,14 +232,16 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
         })
         .await;
-    let slots_per_object = 200u64;
-    for o in 0..10 {
-        let data: Vec<u8> = (0..slots_per_object * 16 * 1024)
-            .map(|i| (i as u8) ^ (o as u8))
-            .collect();
-        backend
-            .put(&format!("packed/{o}").into(), PutPayload::from(data))
-            .await?;
+    // Packed: 10 objects of 100 slots of 16 KiB; sparse: 10 objects of 200 slots.
+    for (name, slots) in [("packed", 100u64), ("sparse", 200)] {
+        for o in 0..10u64 {
+            let data: Vec<u8> = (0..slots * 16 * 1024)
+                .map(|i| (i as u8) ^ (o as u8))
+                .collect();
+            backend
+                .put(&format!("{name}/{o}").into(), PutPayload::from(data))
+                .await?;
+        }
     }
     backend
         .put(&"probe/one".into(), PutPayload::from(vec![1u8]))
@@ -339,30 +341,37 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     println!();
 
-    // Scenario 2: 1,000 ranges of 16 KiB packed in 10 objects.
-    let mut requests = Vec::new();
+    // Scenario 2: 1,000 ranges of 16 KiB packed in 10 objects, in shuffled order.
     let mut rng = 0x2545_f491_4f6c_dd1du64;
-    for o in 0..10u64 {
-        // 100 of the 200 slots of each object, chosen at random (so ranges leave gaps).
-        let mut slots: Vec<u64> = (0..slots_per_object).collect();
-        for i in (1..slots.len()).rev() {
+    let mut shuffle = |v: &mut Vec<Request>| {
+        for i in (1..v.len()).rev() {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
-            slots.swap(i, (rng % (i as u64 + 1)) as usize);
+            v.swap(i, (rng % (i as u64 + 1)) as usize);
         }
-        for &s in &slots[..100] {
-            let start = s * 16 * 1024;
-            requests.push(Request::range(
-                format!("packed/{o}"),
-                start..start + 16 * 1024,
-            ));
-        }
+    };
+    let slot = 16 * 1024u64;
+    let mut requests: Vec<Request> = (0..10u64)
+        .flat_map(|o| {
+            (0..100u64)
+                .map(move |s| Request::range(format!("packed/{o}"), s * slot..(s + 1) * slot))
+        })
+        .collect();
+    shuffle(&mut requests);
+    // For the gap sweep: 100 random slots of the 200 of each sparse object.
+    let mut sparse: Vec<Request> = Vec::new();
+    for o in 0..10u64 {
+        let mut slots: Vec<Request> = (0..200u64)
+            .map(|s| Request::range(format!("sparse/{o}"), s * slot..(s + 1) * slot))
+            .collect();
+        shuffle(&mut slots);
+        sparse.extend(slots.into_iter().take(100));
     }
     let payload = 1000 * 16 * 1024;
     let limit = bench.limit(payload);
     println!(
-        "## 1,000 ranges of 16 KiB in 10 objects (100 random slots of 200 each; P = {:.1} MB): L + P/B = {}",
+        "## 1,000 ranges of 16 KiB packed in 10 objects, shuffled (P = {:.1} MB): L + P/B = {}",
         payload as f64 / 1e6,
         ms(limit)
     );
@@ -407,7 +416,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     println!();
 
     if bench.args.sweep {
-        sweep(&bench, &small, &requests).await;
+        sweep(&bench, &small, &sparse).await;
     }
     Ok(())
 }
@@ -445,7 +454,9 @@ async fn sweep(bench: &Bench, small: &[String], ranges: &[Request]) {
     println!("{table}");
     println!();
 
-    println!("## Sweep: merge gap, 1,000 ranges of 16 KiB in 10 objects (half the slots)");
+    println!(
+        "## Sweep: merge gap, 1,000 ranges of 16 KiB: 100 random slots of 200 in each of 10 objects"
+    );
     println!();
     let mut table = Table::new();
     table.load_preset(ASCII_MARKDOWN);
@@ -491,7 +502,12 @@ async fn sweep(bench: &Bench, small: &[String], ranges: &[Request]) {
     println!();
     let mut table = Table::new();
     table.load_preset(ASCII_MARKDOWN);
-    table.set_header(vec!["split_size", "GETs", "wall (median)", "wall / (L + P/B)"]);
+    table.set_header(vec![
+        "split_size",
+        "GETs",
+        "wall (median)",
+        "wall / (L + P/B)",
+    ]);
     let big = vec![Request::range("probe/big", 0..64 << 20)];
     for (name, split) in [
         ("none", u64::MAX),
@@ -512,7 +528,10 @@ async fn sweep(bench: &Bench, small: &[String], ranges: &[Request]) {
             name.to_string(),
             m.reads.to_string(),
             ms(m.wall),
-            format!("{:.2}", m.wall.as_secs_f64() / bench.limit(64 << 20).as_secs_f64()),
+            format!(
+                "{:.2}",
+                m.wall.as_secs_f64() / bench.limit(64 << 20).as_secs_f64()
+            ),
         ]);
     }
     println!("{table}");
