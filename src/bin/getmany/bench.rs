@@ -192,11 +192,12 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             .with_region("us-east-1")
             .with_access_key_id(KEYS.0)
             .with_secret_access_key(KEYS.1)
-            .with_allow_http(true)
-            .with_virtual_hosted_style_request(false)
+            // Client options first: they carry allow_http, which must not be reset.
             .with_client_options(
                 object_store::ClientOptions::new().with_pool_max_idle_per_host(1024),
             )
+            .with_allow_http(true)
+            .with_virtual_hosted_style_request(false)
             .build()?,
     );
     let mut model = LatencyModel::round_trip(Duration::from_secs_f64(args.rtt_ms / 1e3));
