@@ -650,6 +650,27 @@ mod tests {
     }
 
     #[test]
+    fn small_slices_of_big_buffers_are_copied_out() {
+        let big = Bytes::from(vec![7u8; 1 << 20]);
+        let inside = |b: &Bytes| {
+            let start = big.as_ptr() as usize;
+            (start..start + big.len()).contains(&(b.as_ptr() as usize))
+        };
+        let small = slice_or_copy(&big, 1000..2000);
+        assert!(!inside(&small), "a 1 KB slice must not pin a 1 MiB buffer");
+        assert_eq!(&small[..], &big[1000..2000]);
+        let large = slice_or_copy(&big, 0..600_000);
+        assert!(inside(&large), "a slice of most of the buffer shares it");
+        let tiny_buffer = Bytes::from(vec![1u8; 4096]);
+        let s = slice_or_copy(&tiny_buffer, 0..10);
+        assert_eq!(
+            s.as_ptr(),
+            tiny_buffer.as_ptr(),
+            "small buffers are never copied"
+        );
+    }
+
+    #[test]
     fn answer_slices_clips_and_reports_past_end() {
         let fetched = Fetched {
             bytes: Bytes::from_static(b"0123456789"),
