@@ -147,6 +147,17 @@ impl ObjectStoreStore {
         })
     }
 
+    /// The backend path to list for a key prefix (`None` lists everything).
+    fn list_path(&self, prefix: &str) -> Option<Path> {
+        let trimmed = prefix.trim_matches('/');
+        match (&self.prefix, trimmed.is_empty()) {
+            (Some(p), true) => Some(p.clone()),
+            (Some(p), false) => Some(Path::from(format!("{p}/{trimmed}"))),
+            (None, true) => None,
+            (None, false) => Some(Path::from(trimmed)),
+        }
+    }
+
     fn key_of(&self, path: &Path) -> String {
         let s = path.as_ref();
         match &self.prefix {
@@ -311,13 +322,7 @@ impl WritableStore for ObjectStoreStore {
 #[async_trait]
 impl ListableStore for ObjectStoreStore {
     fn list_prefix(&self, prefix: &str) -> BoxStream<'_, Result<String>> {
-        let trimmed = prefix.trim_matches('/');
-        let full = match (&self.prefix, trimmed.is_empty()) {
-            (Some(p), true) => Some(p.clone()),
-            (Some(p), false) => Some(Path::from(format!("{p}/{trimmed}"))),
-            (None, true) => None,
-            (None, false) => Some(Path::from(trimmed)),
-        };
+        let full = self.list_path(prefix);
         let prefix = prefix.to_string();
         self.inner
             .list(full.as_ref())
@@ -329,13 +334,7 @@ impl ListableStore for ObjectStoreStore {
     }
 
     async fn list_dir(&self, prefix: &str) -> Result<ListDir> {
-        let trimmed = prefix.trim_matches('/');
-        let full = match (&self.prefix, trimmed.is_empty()) {
-            (Some(p), true) => Some(p.clone()),
-            (Some(p), false) => Some(Path::from(format!("{p}/{trimmed}"))),
-            (None, true) => None,
-            (None, false) => Some(Path::from(trimmed)),
-        };
+        let full = self.list_path(prefix);
         let listing = self
             .inner
             .list_with_delimiter(full.as_ref())

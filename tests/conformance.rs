@@ -50,3 +50,43 @@ async fn arc_dyn_store_works() {
     let store: Arc<dyn getmany::Store> = Arc::new(inner);
     Conformance::new(&store).run().await.assert_passed();
 }
+
+/// The budget belongs to the store: two concurrent get_many calls together never have more
+/// reads in flight than the store's limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_is_shared_by_concurrent_calls() {
+    use futures::StreamExt;
+    use getmany::{Request, Store};
+
+    let faults = FaultInjector::new();
+    let inner = MemoryStore::with_limit(4);
+    populate_memory(&inner);
+    let store = FaultStore::new(inner, faults.clone());
+    let holds: Vec<_> = (0..20)
+        .map(|i| faults.hold(&format!("conformance/many/{i}")))
+        .collect();
+    let requests: Vec<Request> = (0..20)
+        .map(|i| Request::whole(format!("conformance/many/{i}")))
+        .collect();
+    let mut a = store.get_many(requests.clone());
+    let mut b = store.get_many(requests);
+    // Drive both streams until the budget is used up (no read can finish while held).
+    while faults.waiting() < 4 {
+        tokio::select! {
+            _ = a.next() => unreachable!("a held read answered"),
+            _ = b.next() => unreachable!("a held read answered"),
+            _ = tokio::task::yield_now() => {}
+        }
+    }
+    for _ in 0..100 {
+        tokio::select! {
+            _ = a.next() => unreachable!("a held read answered"),
+            _ = b.next() => unreachable!("a held read answered"),
+            _ = tokio::task::yield_now() => {}
+        }
+    }
+    assert_eq!(faults.in_flight(), 4, "two calls share one budget of 4");
+    drop(holds);
+    let (x, y) = tokio::join!(a.collect::<Vec<_>>(), b.collect::<Vec<_>>());
+    assert_eq!((x.len(), y.len()), (20, 20));
+}
