@@ -4,6 +4,7 @@
 //! model and prints a table per scenario.
 
 mod bench;
+mod sweep;
 
 use clap::{Parser, Subcommand};
 
@@ -16,8 +17,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Compare read strategies on an embedded S3 server behind a latency model.
-    Bench(bench::BenchArgs),
+    /// The sweep: object size x batch size x strategy, with tables, CSV and a chart.
+    Bench(sweep::SweepArgs),
+    /// The foundation scenarios: 4,096 small objects and 1,000 packed ranges, strategy by
+    /// strategy, with the sweeps behind the defaults (`--sweep`).
+    BenchStore(bench::BenchArgs),
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,6 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Bench(args) => runtime.block_on(sweep::run(args)),
+        Command::BenchStore(args) => runtime.block_on(bench::run(args)),
     }
 }
