@@ -118,6 +118,16 @@ fn size_label(bytes: u64) -> String {
     }
 }
 
+/// Axis labels on a log scale fall on powers of ten: name them in decimal units.
+fn decimal_label(bytes: f64) -> String {
+    match bytes {
+        b if b >= 1e9 => format!("{:.0} GB", b / 1e9),
+        b if b >= 1e6 => format!("{:.0} MB", b / 1e6),
+        b if b >= 1e3 => format!("{:.0} kB", b / 1e3),
+        b => format!("{b:.0} B"),
+    }
+}
+
 /// One measured cell.
 #[derive(Debug, Clone)]
 struct Row {
@@ -580,7 +590,7 @@ fn write_chart(
             .configure_mesh()
             .x_desc("object size")
             .y_desc("speed-up (x)")
-            .x_label_formatter(&|v| size_label(*v as u64))
+            .x_label_formatter(&|v| decimal_label(*v))
             .draw()?;
         for (i, batch) in batches.iter().enumerate() {
             let mut points: Vec<(f64, f64)> = rows
