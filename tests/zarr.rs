@@ -235,3 +235,207 @@ async fn sharded_reads_are_two_rounds_unsharded_one() {
     assert_eq!(server.counts().get, 10);
     assert_eq!(read.stats.requests, 10);
 }
+
+/// The full array zarr-python read back for fixture `name`.
+fn expected_full<T: Element>(name: &str) -> Vec<T> {
+    let bytes = std::fs::read(fixtures().join("expected").join(format!("{name}.0.bin"))).unwrap();
+    bytes
+        .chunks_exact(T::DATA_TYPE.size())
+        .map(|b| T::from_bytes(b, false))
+        .collect()
+}
+
+fn fixture_file(rel: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join("data").join(rel)).unwrap()
+}
+
+/// Checks a full read of a 2-D array: elements inside `failed` regions hold `fill`, every
+/// other element equals zarr-python's.
+fn check_except<T: Element>(
+    data: &[T],
+    shape: &[u64],
+    expected: &[T],
+    failed: &[Vec<Range<u64>>],
+    fill: T,
+) {
+    let cols = shape[1];
+    for (i, (got, want)) in data.iter().zip(expected).enumerate() {
+        let (r, c) = (i as u64 / cols, i as u64 % cols);
+        let in_failed = failed
+            .iter()
+            .any(|reg| reg[0].contains(&r) && reg[1].contains(&c));
+        let want = if in_failed { fill } else { *want };
+        assert!(
+            got.same_bits(&want),
+            "({r}, {c}): {got:?}, expected {want:?}"
+        );
+    }
+}
+
+/// A crc32c mismatch and a corrupt gzip stream fail their own chunk only; the rest of the
+/// read is complete and equal to zarr-python's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_chunks_fail_only_their_region() {
+    let server = S3TestServer::start().await;
+    upload_fixtures(&server).await;
+
+    // crc32c_i64_v2key: 19 elements in chunks of 4, keys "0".."4"; flip one bit of chunk 2.
+    let mut chunk = fixture_file("crc32c_i64_v2key/2");
+    chunk[3] ^= 0x10;
+    server.put("crc32c_i64_v2key/2", &chunk).await;
+    let store = ObjectStoreStore::new(server.client())
+        .with_prefix("crc32c_i64_v2key")
+        .unwrap();
+    let array = Array::open(&store, "").await.unwrap();
+    let read = array.read::<i64>(&[0..19]).await.unwrap();
+    assert_eq!(read.failures.len(), 1, "{:?}", read.failures);
+    let f = &read.failures[0];
+    assert_eq!(f.key, "2");
+    assert_eq!(f.region, vec![8..12]);
+    assert!(
+        f.error.to_string().contains("crc32c mismatch"),
+        "{}",
+        f.error
+    );
+    let expected = expected_full::<i64>("crc32c_i64_v2key");
+    for (i, (got, want)) in read.data.iter().zip(&expected).enumerate() {
+        let want = if (8..12).contains(&i) { 0 } else { *want };
+        assert_eq!(*got, want, "element {i}");
+    }
+    assert_eq!(read.stats.chunks_present, 4);
+
+    // gzip_i16_be: chunk c/1/2 replaced by bytes that are not gzip.
+    server
+        .put("gzip_i16_be/c/1/2", b"this is not a gzip stream")
+        .await;
+    let store = ObjectStoreStore::new(server.client())
+        .with_prefix("gzip_i16_be")
+        .unwrap();
+    let array = Array::open(&store, "").await.unwrap();
+    let read = array.read::<i16>(&array.full_selection()).await.unwrap();
+    assert_eq!(read.failures.len(), 1, "{:?}", read.failures);
+    let f = &read.failures[0];
+    assert_eq!(f.key, "c/1/2");
+    assert_eq!(f.region, vec![7..14, 18..27]);
+    assert!(f.error.to_string().contains("gzip"), "{}", f.error);
+    check_except(
+        &read.data,
+        &read.shape,
+        &expected_full::<i16>("gzip_i16_be"),
+        &[f.region.clone()],
+        0,
+    );
+    assert!(read.into_complete().is_err());
+}
+
+/// Rewrites entry `i` of the index at the end of a shard and fixes the index's checksum.
+fn patch_index(shard: &mut [u8], entries: u64, i: u64, offset: u64, len: u64) {
+    let index_len = (16 * entries + 4) as usize;
+    let start = shard.len() - index_len;
+    let at = start + 16 * i as usize;
+    shard[at..at + 8].copy_from_slice(&offset.to_le_bytes());
+    shard[at + 8..at + 16].copy_from_slice(&len.to_le_bytes());
+    let body_end = shard.len() - 4;
+    let crc = crc32c::crc32c(&shard[start..body_end]);
+    shard[body_end..].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A shard index pointing past the shard (its start, or its end), or declaring an absurd
+/// length, fails those inner chunks only; a shard whose index fails its checksum fails that
+/// shard only; the rest of the read is complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_shard_indexes_fail_only_their_region() {
+    let server = S3TestServer::start().await;
+    upload_fixtures(&server).await;
+    // sharded_end_i32: shards (20, 20), inner chunks (5, 10): 4x2 = 8 entries per shard.
+    let mut shard = fixture_file("sharded_end_i32/c/0/1");
+    let len = shard.len() as u64;
+    patch_index(&mut shard, 8, 1, len + 100, 40); // inner (0, 1): starts past the end
+    patch_index(&mut shard, 8, 2, len - 150, 1000); // inner (1, 0): runs past the end
+    patch_index(&mut shard, 8, 3, 0, 1 << 40); // inner (1, 1): absurd length
+    server.put("sharded_end_i32/c/0/1", &shard).await;
+    let mut other = fixture_file("sharded_end_i32/c/1/0");
+    let n = other.len();
+    other[n - 10] ^= 1; // the index no longer matches its checksum
+    server.put("sharded_end_i32/c/1/0", &other).await;
+
+    let store = Metrics::new(
+        ObjectStoreStore::new(server.client())
+            .with_prefix("sharded_end_i32")
+            .unwrap(),
+    );
+    let array = Array::open(&store, "").await.unwrap();
+    store.reset();
+    let read = array.read::<i32>(&array.full_selection()).await.unwrap();
+    assert_eq!(store.snapshot().get_many_calls, 2, "still two rounds");
+    let mut failed: Vec<(String, Vec<Range<u64>>, String)> = read
+        .failures
+        .iter()
+        .map(|f| (f.key.clone(), f.region.clone(), f.error.to_string()))
+        .collect();
+    failed.sort_by_key(|f| (f.1[0].start, f.1[1].start));
+    let regions: Vec<Vec<Range<u64>>> = failed.iter().map(|f| f.1.clone()).collect();
+    assert_eq!(
+        regions,
+        vec![
+            vec![0..5, 30..40],  // shard (0, 1), inner (0, 1)
+            vec![5..10, 20..30], // inner (1, 0)
+            vec![5..10, 30..40], // inner (1, 1)
+            vec![20..40, 0..20], // shard (1, 0): its index
+        ],
+        "{failed:#?}"
+    );
+    assert!(failed[0].2.contains("past the end"), "{}", failed[0].2);
+    assert!(
+        failed[1].2.contains("points past the end of the shard"),
+        "{}",
+        failed[1].2
+    );
+    assert!(
+        failed[2].2.contains("more than an inner chunk can take"),
+        "{}",
+        failed[2].2
+    );
+    assert!(failed[3].2.contains("crc32c mismatch"), "{}", failed[3].2);
+    check_except(
+        &read.data,
+        &read.shape,
+        &expected_full::<i32>("sharded_end_i32"),
+        &regions,
+        -1,
+    );
+}
+
+/// Invalid or unsupported metadata read from a store: an error naming the field and value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_metadata_names_the_field_and_value() {
+    let server = S3TestServer::start().await;
+    let store = ObjectStoreStore::new(server.client());
+    let mut meta: Value = serde_json::from_slice(&fixture_file("zstd_u32_dot/zarr.json")).unwrap();
+    meta["codecs"][1]["name"] = Value::from("lz4");
+    server
+        .put("bad/zarr.json", meta.to_string().as_bytes())
+        .await;
+    let err = Array::open(&store, "bad").await.unwrap_err().to_string();
+    assert!(err.contains("bad/zarr.json"), "{err}");
+    assert!(err.contains("`codecs[1].name` = \"lz4\""), "{err}");
+
+    meta["codecs"][1]["name"] = Value::from("zstd");
+    meta["data_type"] = Value::from("float16");
+    server
+        .put("bad/zarr.json", meta.to_string().as_bytes())
+        .await;
+    let err = Array::open(&store, "bad").await.unwrap_err().to_string();
+    assert!(err.contains("`data_type` = \"float16\""), "{err}");
+
+    let err = Array::open(&store, "nothing-here").await.unwrap_err();
+    assert!(err.to_string().contains("nothing-here/zarr.json"), "{err}");
+
+    // A good array read with the wrong element type, or a selection past its end.
+    upload_fixtures(&server).await;
+    let array = Array::open(&store, "zstd_u32_dot").await.unwrap();
+    let err = array.read::<f32>(&[0..1, 0..1]).await.unwrap_err();
+    assert!(err.to_string().contains("uint32"), "{err}");
+    let err = array.read::<u32>(&[0..26, 0..1]).await.unwrap_err();
+    assert!(err.to_string().contains("past the array"), "{err}");
+}
