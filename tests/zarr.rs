@@ -201,6 +201,18 @@ async fn sharded_reads_are_two_rounds_unsharded_one() {
         );
     }
 
+    // With the index cache, a second read of the same shards skips the index round.
+    let array = Array::open(&store, "").await.unwrap().with_index_cache();
+    let sel = [3..27, 8..44];
+    let first = array.read::<i32>(&sel).await.unwrap();
+    store.reset();
+    server.reset_counts();
+    let warm = array.read::<i32>(&sel).await.unwrap();
+    assert_eq!(store.snapshot().get_many_calls, 1, "warm: one round");
+    assert_eq!(warm.stats.rounds, 1);
+    assert_eq!(server.counts().get, 5, "one merged GET per present shard");
+    assert_eq!(warm.data, first.data);
+
     // Index at the start: prefix ranges in round 1, still two rounds.
     let store = Metrics::new(
         ObjectStoreStore::new(server.client())

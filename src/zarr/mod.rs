@@ -40,9 +40,10 @@ mod dtype;
 mod metadata;
 mod region;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -156,6 +157,9 @@ pub struct Array<S> {
     path: String,
     metadata: ArrayMetadata,
     decode_window: Option<usize>,
+    /// Shard indexes already read, by shard key (when enabled).
+    /// `None` for a shard that was missing.
+    index_cache: Option<Mutex<HashMap<String, Option<Arc<Vec<IndexEntry>>>>>>,
 }
 
 impl<S> fmt::Debug for Array<S> {
@@ -182,12 +186,22 @@ impl<S: Store> Array<S> {
             path,
             metadata,
             decode_window: None,
+            index_cache: None,
         })
     }
 
     /// Chunks decoded at once (default: twice the cores).
     pub fn with_decode_window(mut self, window: usize) -> Self {
         self.decode_window = Some(window);
+        self
+    }
+
+    /// Keeps the index of every shard read, so a later read of the same shards skips the
+    /// index round: one round trip instead of two. Only for arrays whose shards do not
+    /// change while this `Array` is open (a rewritten shard would be read with its old
+    /// index, and a shard found missing stays missing).
+    pub fn with_index_cache(mut self) -> Self {
+        self.index_cache = Some(Mutex::new(HashMap::new()));
         self
     }
 
@@ -387,23 +401,61 @@ impl<S: Store> Array<S> {
             ByteRange::Suffix(index_len)
         };
 
-        // Round 1: every index.
-        let index_chunks: Vec<ChunkRequest<usize>> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| ChunkRequest::new(Request::range(k.clone(), index_range.clone()), i))
-            .collect();
-        let mut index_pipeline = ChunkPipeline::new(IndexDecoder {
-            sharding: sharding.clone(),
-        });
-        if let Some(w) = self.decode_window {
-            index_pipeline = index_pipeline.with_decode_window(w);
+        // Round 1: every index not already known.
+        let mut known: Vec<Option<Arc<Vec<IndexEntry>>>> = vec![None; keys.len()];
+        let mut statuses: Vec<ChunkStatus> = vec![ChunkStatus::Present; keys.len()];
+        let mut uncached = Vec::new();
+        let cache = self
+            .index_cache
+            .as_ref()
+            .map(|c| c.lock().unwrap_or_else(|e| e.into_inner()));
+        for (s, key) in keys.iter().enumerate() {
+            match cache.as_ref().and_then(|c| c.get(key)) {
+                Some(Some(index)) => known[s] = Some(index.clone()),
+                Some(None) => statuses[s] = ChunkStatus::Missing,
+                None => uncached.push(s),
+            }
         }
-        let indexes = index_pipeline
-            .run(&self.store, index_chunks, vec![None; keys.len()])
-            .await;
-        read.stats.rounds += 1;
-        read.stats.requests += indexes.reads;
+        drop(cache);
+        let index_chunks: Vec<ChunkRequest<usize>> = uncached
+            .iter()
+            .map(|&s| ChunkRequest::new(Request::range(keys[s].clone(), index_range.clone()), s))
+            .collect();
+        if !index_chunks.is_empty() {
+            let mut index_pipeline = ChunkPipeline::new(IndexDecoder {
+                sharding: sharding.clone(),
+            });
+            if let Some(w) = self.decode_window {
+                index_pipeline = index_pipeline.with_decode_window(w);
+            }
+            let indexes = index_pipeline
+                .run(&self.store, index_chunks, vec![None; keys.len()])
+                .await;
+            read.stats.rounds += 1;
+            read.stats.requests += indexes.reads;
+            for (status, &s) in indexes.statuses.into_iter().zip(&uncached) {
+                statuses[s] = status;
+            }
+            for (s, index) in indexes.output.into_iter().enumerate() {
+                if let Some(index) = index {
+                    known[s] = Some(index);
+                }
+            }
+            if let Some(cache) = &self.index_cache {
+                let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+                for &s in &uncached {
+                    match (&statuses[s], &known[s]) {
+                        (ChunkStatus::Present, Some(index)) => {
+                            cache.insert(keys[s].clone(), Some(index.clone()));
+                        }
+                        (ChunkStatus::Missing, _) => {
+                            cache.insert(keys[s].clone(), None);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
 
         // Round 2: the inner chunks of every shard, in one request list.
         let mut chunks = Vec::new();
@@ -415,7 +467,7 @@ impl<S: Store> Array<S> {
                 .zip(&m.chunk_shape)
                 .map(|(c, n)| c * n)
                 .collect();
-            let entries = match &indexes.statuses[s] {
+            let entries = match &statuses[s] {
                 ChunkStatus::Failed(error) => {
                     local_failures.push(ChunkFailure {
                         key: keys[s].clone(),
@@ -425,7 +477,7 @@ impl<S: Store> Array<S> {
                     continue;
                 }
                 ChunkStatus::Missing => None,
-                ChunkStatus::Present => indexes.output[s].as_ref(),
+                ChunkStatus::Present => known[s].as_deref(),
             };
             // The inner chunks of this shard that the selection touches.
             let Some((lo, hi)) =
@@ -635,7 +687,7 @@ struct IndexDecoder {
 impl ChunkDecoder for IndexDecoder {
     type Region = usize;
     type Decoded = Vec<IndexEntry>;
-    type Output = Vec<Option<Vec<IndexEntry>>>;
+    type Output = Vec<Option<Arc<Vec<IndexEntry>>>>;
 
     fn decode(&self, request: &Request, bytes: Bytes, _: &usize) -> crate::Result<Vec<IndexEntry>> {
         self.sharding
@@ -648,7 +700,7 @@ impl ChunkDecoder for IndexDecoder {
 
     fn write(&self, decoded: Vec<IndexEntry>, shard: &usize, output: &mut Self::Output) {
         if let Some(slot) = output.get_mut(*shard) {
-            *slot = Some(decoded);
+            *slot = Some(Arc::new(decoded));
         }
     }
 
