@@ -398,6 +398,9 @@ pub async fn run(args: BenchZarrArgs) -> Result<(), BoxError> {
             let payload: u64 = selection.iter().map(|r| r.end - r.start).product::<u64>() * 4;
             let limit = bench.limit(rounds, payload);
             let mut add = |reader: &str, m: &Measured| {
+                // The limit of the rounds this reader needs at best (1 when warm).
+                let rounds = rounds.min(m.rounds.max(1) as u32);
+                let limit = bench.limit(rounds, payload);
                 table.add_row(vec![
                     path.to_string(),
                     name.to_string(),
