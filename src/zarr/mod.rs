@@ -151,6 +151,9 @@ impl<T> ArrayRead<T> {
     }
 }
 
+/// Shard indexes by shard key; `None` for a shard found missing.
+type IndexCache = HashMap<String, Option<Arc<Vec<IndexEntry>>>>;
+
 /// A zarr v3 array in a [`Store`].
 pub struct Array<S> {
     store: S,
@@ -159,7 +162,7 @@ pub struct Array<S> {
     decode_window: Option<usize>,
     /// Shard indexes already read, by shard key (when enabled).
     /// `None` for a shard that was missing.
-    index_cache: Option<Mutex<HashMap<String, Option<Arc<Vec<IndexEntry>>>>>>,
+    index_cache: Option<Mutex<IndexCache>>,
 }
 
 impl<S> fmt::Debug for Array<S> {
