@@ -329,7 +329,12 @@ impl<S: Store> Array<S> {
 
     fn clipped(&self, origin: &[u64], shape: &[u64]) -> Vec<Range<u64>> {
         (0..origin.len())
-            .map(|d| origin[d]..(origin[d] + shape[d]).min(self.metadata.shape[d]))
+            .map(|d| {
+                origin[d]
+                    ..origin[d]
+                        .saturating_add(shape[d])
+                        .min(self.metadata.shape[d])
+            })
             .collect()
     }
 
@@ -708,4 +713,33 @@ impl ChunkDecoder for IndexDecoder {
     }
 
     fn fill(&self, _: &usize, _: &mut Self::Output) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+
+    /// The last chunk of an array as long as u64 allows: no overflow, filled as missing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_end_of_a_huge_array_reads_as_fill() {
+        let store = MemoryStore::new();
+        store.insert(
+            "zarr.json",
+            format!(
+                r#"{{"zarr_format": 3, "node_type": "array", "shape": [{}], "data_type": "int8",
+                "fill_value": -3, "codecs": [{{"name": "bytes"}}],
+                "chunk_grid": {{"name": "regular", "configuration": {{"chunk_shape": [1000000]}}}}}}"#,
+                u64::MAX
+            ),
+        );
+        let array = Array::open(&store, "").await.unwrap();
+        let read = array.read::<i8>(&[u64::MAX - 3..u64::MAX]).await.unwrap();
+        assert_eq!(read.data, [-3, -3, -3]);
+        assert_eq!((read.stats.requests, read.stats.chunks_missing), (1, 1));
+        assert_eq!(
+            array.chunk_key(&[u64::MAX / 1_000_000]),
+            format!("c/{}", u64::MAX / 1_000_000)
+        );
+    }
 }

@@ -48,7 +48,12 @@ pub(crate) fn intersect(
         .map(|(a, b)| *a.max(b))
         .collect();
     let hi: Vec<u64> = (0..lo.len())
-        .map(|d| (a_origin[d] + a_shape[d]).min(b_origin[d] + b_shape[d]))
+        .map(|d| {
+            // A chunk at the very end of a huge array must not overflow.
+            a_origin[d]
+                .saturating_add(a_shape[d])
+                .min(b_origin[d].saturating_add(b_shape[d]))
+        })
         .collect();
     if lo.iter().zip(&hi).any(|(l, h)| l >= h) {
         return None;
