@@ -734,7 +734,8 @@ mod tests {
             ),
         );
         let array = Array::open(&store, "").await.unwrap();
-        let read = array.read::<i8>(&[u64::MAX - 3..u64::MAX]).await.unwrap();
+        let last_three: Vec<Range<u64>> = std::iter::once(u64::MAX - 3..u64::MAX).collect();
+        let read = array.read::<i8>(&last_three).await.unwrap();
         assert_eq!(read.data, [-3, -3, -3]);
         assert_eq!((read.stats.requests, read.stats.chunks_missing), (1, 1));
         assert_eq!(
