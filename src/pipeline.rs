@@ -38,6 +38,9 @@ pub struct ChunkRequest<R> {
     /// before any read (an empty inner chunk of a shard, say): its region is filled and it
     /// is reported [`ChunkStatus::Missing`] without I/O.
     pub request: Option<Request>,
+    /// Bytes already in hand (a slice of a shard that was read whole, say): decoded without
+    /// a read, with `request` naming them in errors.
+    pub ready: Option<Bytes>,
     /// Where the decoded chunk goes in the output, in the decoder's terms.
     pub region: R,
 }
@@ -47,6 +50,17 @@ impl<R> ChunkRequest<R> {
     pub fn new(request: Request, region: R) -> Self {
         ChunkRequest {
             request: Some(request),
+            ready: None,
+            region,
+        }
+    }
+
+    /// A chunk whose stored bytes are already in hand: decoded into `region` without a
+    /// read; `request` says where they came from.
+    pub fn ready(request: Request, bytes: Bytes, region: R) -> Self {
+        ChunkRequest {
+            request: Some(request),
+            ready: Some(bytes),
             region,
         }
     }
@@ -55,6 +69,7 @@ impl<R> ChunkRequest<R> {
     pub fn empty(region: R) -> Self {
         ChunkRequest {
             request: None,
+            ready: None,
             region,
         }
     }
@@ -234,7 +249,7 @@ enum Job {
 enum Event<T> {
     Joined(std::result::Result<(Id, T), JoinError>),
     Answer(Option<crate::GetManyItem>),
-    Fill(usize),
+    Local(usize, Job),
     Done,
 }
 
@@ -286,15 +301,19 @@ impl<D: ChunkDecoder> ChunkPipeline<D> {
         let mut regions: Vec<Option<D::Region>> = Vec::with_capacity(chunks.len());
         let mut requests = Vec::new();
         let mut owner = Vec::new();
-        let mut fills = VecDeque::new();
+        // Chunks that need no read: fills, and bytes already in hand.
+        let mut local: VecDeque<(usize, Job)> = VecDeque::new();
         for (index, chunk) in chunks.into_iter().enumerate() {
             regions.push(Some(chunk.region));
-            match chunk.request {
-                Some(request) => {
+            match (chunk.request, chunk.ready) {
+                (Some(request), None) => {
                     requests.push(request);
                     owner.push(index);
                 }
-                None => fills.push_back(index),
+                (Some(request), Some(bytes)) => {
+                    local.push_back((index, Job::Decode(request, bytes)));
+                }
+                (None, _) => local.push_back((index, Job::Fill(ChunkStatus::Missing))),
             }
         }
         let reads = requests.len();
@@ -373,11 +392,11 @@ impl<D: ChunkDecoder> ChunkPipeline<D> {
                             return Poll::Ready(Event::Answer(item));
                         }
                     }
-                    if let Some(chunk) = fills.pop_front() {
-                        return Poll::Ready(Event::Fill(chunk));
+                    if let Some((chunk, job)) = local.pop_front() {
+                        return Poll::Ready(Event::Local(chunk, job));
                     }
                 }
-                if stream_done && tasks.is_empty() && fills.is_empty() {
+                if stream_done && tasks.is_empty() && local.is_empty() {
                     return Poll::Ready(Event::Done);
                 }
                 Poll::Pending
@@ -415,8 +434,7 @@ impl<D: ChunkDecoder> ChunkPipeline<D> {
                         running.insert(id, chunk);
                     }
                 }
-                Event::Fill(chunk) => {
-                    let job = Job::Fill(ChunkStatus::Missing);
+                Event::Local(chunk, job) => {
                     if let Some(id) = spawn(&mut tasks, chunk, job, &mut regions) {
                         running.insert(id, chunk);
                     }

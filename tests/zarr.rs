@@ -72,15 +72,18 @@ async fn compare<T: Element, S: Store>(
     expected.len()
 }
 
-async fn compare_all<S: Store>(open: impl Fn(&str) -> S) -> usize {
+async fn compare_all<S: Store>(open: impl Fn(&str) -> S, whole_shards: bool) -> usize {
     let manifest = manifest();
     let mut compared = 0;
     let mut arrays = 0;
     for entry in manifest["arrays"].as_array().unwrap() {
         let name = entry["name"].as_str().unwrap();
-        let array = Array::open(open(name), "")
+        let mut array = Array::open(open(name), "")
             .await
             .unwrap_or_else(|e| panic!("open {name}: {e}"));
+        if whole_shards {
+            array = array.with_whole_shard_reads();
+        }
         let dt = DataType::from_name(entry["data_type"].as_str().unwrap()).unwrap();
         assert_eq!(array.metadata().data_type, dt, "{name}");
         for r in entry["reads"].as_array().unwrap() {
@@ -106,16 +109,22 @@ async fn compare_all<S: Store>(open: impl Fn(&str) -> S) -> usize {
     compared
 }
 
-/// Every fixture, every selection, through ObjectStoreStore over LocalFileSystem.
+/// Every fixture, every selection, through ObjectStoreStore over LocalFileSystem; and again
+/// with sharded arrays' covered shards read whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixtures_match_zarr_python_on_local_files() {
     let data = fixtures().join("data");
-    let compared = compare_all(|name| {
-        let fs = LocalFileSystem::new_with_prefix(data.join(name)).expect("fixture dir");
-        ObjectStoreStore::new(Arc::new(fs))
-    })
-    .await;
-    assert!(compared > 10_000, "{compared} elements compared");
+    for whole_shards in [false, true] {
+        let compared = compare_all(
+            |name| {
+                let fs = LocalFileSystem::new_with_prefix(data.join(name)).expect("fixture dir");
+                ObjectStoreStore::new(Arc::new(fs))
+            },
+            whole_shards,
+        )
+        .await;
+        assert!(compared > 10_000, "{compared} elements compared");
+    }
 }
 
 /// Uploads every fixture file to the S3 test server under `<array name>/...`.
@@ -148,11 +157,14 @@ async fn fixtures_match_zarr_python_over_s3() {
     let server = S3TestServer::start().await;
     upload_fixtures(&server).await;
     let client = server.client();
-    let compared = compare_all(|name| {
-        ObjectStoreStore::new(client.clone())
-            .with_prefix(name)
-            .unwrap()
-    })
+    let compared = compare_all(
+        |name| {
+            ObjectStoreStore::new(client.clone())
+                .with_prefix(name)
+                .unwrap()
+        },
+        false,
+    )
     .await;
     assert!(compared > 10_000);
 }
@@ -212,6 +224,34 @@ async fn sharded_reads_are_two_rounds_unsharded_one() {
     assert_eq!(warm.stats.rounds, 1);
     assert_eq!(server.counts().get, 5, "one merged GET per present shard");
     assert_eq!(warm.data, first.data);
+
+    // Whole-shard reads: shards the selection covers entirely are read whole in round 1.
+    let array = Array::open(&store, "")
+        .await
+        .unwrap()
+        .with_whole_shard_reads();
+    let expected = expected_full::<i32>("sharded_end_i32");
+    for (sel, rounds, gets) in [
+        (vec![0..40, 0..50], 1, 6), // every shard covered (the missing one still asked)
+        (vec![0..20, 0..40], 1, 2), // two covered shards
+        (vec![3..27, 8..44], 2, 11), // none covered: as without the option
+        (vec![0..20, 0..45], 2, 4), // two covered (2 GETs), one partial (index + data)
+    ] {
+        store.reset();
+        server.reset_counts();
+        let read = array.read::<i32>(&sel).await.unwrap();
+        assert!(read.failures.is_empty(), "{:?}", read.failures);
+        assert_eq!(store.snapshot().get_many_calls, rounds, "{sel:?}: rounds");
+        assert_eq!(server.counts().get, gets, "{sel:?}: GETs");
+        let cols = sel[1].end - sel[1].start;
+        for (i, got) in read.data.iter().enumerate() {
+            let (r, c) = (
+                sel[0].start + i as u64 / cols,
+                sel[1].start + i as u64 % cols,
+            );
+            assert_eq!(*got, expected[(r * 50 + c) as usize], "{sel:?} ({r}, {c})");
+        }
+    }
 
     // Index at the start: prefix ranges in round 1, still two rounds.
     let store = Metrics::new(
@@ -409,6 +449,30 @@ async fn bad_shard_indexes_fail_only_their_region() {
         failed[2].2
     );
     assert!(failed[3].2.contains("crc32c mismatch"), "{}", failed[3].2);
+    check_except(
+        &read.data,
+        &read.shape,
+        &expected_full::<i32>("sharded_end_i32"),
+        &regions,
+        -1,
+    );
+
+    // The same with the shards read whole: the same regions fail, the rest is read.
+    let array = Array::open(&store, "")
+        .await
+        .unwrap()
+        .with_whole_shard_reads();
+    store.reset();
+    let read = array.read::<i32>(&array.full_selection()).await.unwrap();
+    assert_eq!(
+        store.snapshot().get_many_calls,
+        1,
+        "every shard covered: one round"
+    );
+    let mut whole_regions: Vec<Vec<Range<u64>>> =
+        read.failures.iter().map(|f| f.region.clone()).collect();
+    whole_regions.sort_by_key(|r| (r[0].start, r[1].start));
+    assert_eq!(whole_regions, regions, "{:#?}", read.failures);
     check_except(
         &read.data,
         &read.shape,

@@ -48,6 +48,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 pub use codec::{MAX_CHUNK_BYTES, MAX_INNER_CHUNKS};
+
+/// The largest shard (by the most bytes its encoding can take) that
+/// [`Array::with_whole_shard_reads`] reads whole; larger shards are read in ranges.
+pub const MAX_WHOLE_SHARD_BYTES: u64 = 16 << 20;
 pub use dtype::{DataType, Element};
 pub use metadata::{ArrayMetadata, ChunkKeyEncoding};
 
@@ -163,6 +167,7 @@ pub struct Array<S> {
     /// Shard indexes already read, by shard key (when enabled).
     /// `None` for a shard that was missing.
     index_cache: Option<Mutex<IndexCache>>,
+    whole_shards: bool,
 }
 
 impl<S> fmt::Debug for Array<S> {
@@ -190,6 +195,7 @@ impl<S: Store> Array<S> {
             metadata,
             decode_window: None,
             index_cache: None,
+            whole_shards: false,
         })
     }
 
@@ -205,6 +211,15 @@ impl<S: Store> Array<S> {
     /// index, and a shard found missing stays missing).
     pub fn with_index_cache(mut self) -> Self {
         self.index_cache = Some(Mutex::new(HashMap::new()));
+        self
+    }
+
+    /// Reads a shard that the selection covers entirely (and that can hold at most
+    /// [`MAX_WHOLE_SHARD_BYTES`]) whole, in the index round: a selection made only of whole
+    /// shards then costs ONE round trip, and mixed ones still two. Off by default, which
+    /// keeps every sharded read at exactly two rounds.
+    pub fn with_whole_shard_reads(mut self) -> Self {
+        self.whole_shards = true;
         self
     }
 
@@ -425,10 +440,34 @@ impl<S: Store> Array<S> {
             }
         }
         drop(cache);
+        let whole_ok = self.whole_shards
+            && sharding.inner_count() * sharding.max_inner_len() + index_len
+                <= MAX_WHOLE_SHARD_BYTES;
         let index_chunks: Vec<ChunkRequest<usize>> = uncached
             .iter()
-            .map(|&s| ChunkRequest::new(Request::range(keys[s].clone(), index_range.clone()), s))
+            .map(|&s| {
+                let origin: Vec<u64> = shards[s]
+                    .iter()
+                    .zip(&m.chunk_shape)
+                    .map(|(c, n)| c * n)
+                    .collect();
+                // Covered: the selection holds all of the shard that lies in the array.
+                let covered = self
+                    .clipped(&origin, &m.chunk_shape)
+                    .iter()
+                    .enumerate()
+                    .all(|(d, r)| {
+                        target.start[d] <= r.start && r.end <= target.start[d] + target.shape[d]
+                    });
+                let request = if whole_ok && covered {
+                    Request::whole(keys[s].clone())
+                } else {
+                    Request::range(keys[s].clone(), index_range.clone())
+                };
+                ChunkRequest::new(request, s)
+            })
             .collect();
+        let mut whole: Vec<Option<Bytes>> = vec![None; keys.len()];
         if !index_chunks.is_empty() {
             let mut index_pipeline = ChunkPipeline::new(IndexDecoder {
                 sharding: sharding.clone(),
@@ -444,9 +483,10 @@ impl<S: Store> Array<S> {
             for (status, &s) in indexes.statuses.into_iter().zip(&uncached) {
                 statuses[s] = status;
             }
-            for (s, index) in indexes.output.into_iter().enumerate() {
-                if let Some(index) = index {
-                    known[s] = Some(index);
+            for (s, read) in indexes.output.into_iter().enumerate() {
+                if let Some(read) = read {
+                    known[s] = Some(read.entries);
+                    whole[s] = read.whole;
                 }
             }
             if let Some(cache) = &self.index_cache {
@@ -518,13 +558,33 @@ impl<S: Store> Array<S> {
                         labels.push(s);
                     }
                     Some(IndexEntry::Range(r)) => {
-                        chunks.push(ChunkRequest::new(
-                            Request::range(keys[s].clone(), r.clone()),
-                            ChunkRegion {
-                                origin,
-                                expected_len: Some(r.end - r.start),
-                            },
-                        ));
+                        let request = Request::range(keys[s].clone(), r.clone());
+                        let region = ChunkRegion {
+                            origin,
+                            expected_len: Some(r.end - r.start),
+                        };
+                        match &whole[s] {
+                            None => chunks.push(ChunkRequest::new(request, region)),
+                            // The shard is in hand: its slice (short if the entry runs
+                            // past the end, which the decoder reports).
+                            Some(bytes) if r.start < bytes.len() as u64 => {
+                                let end = r.end.min(bytes.len() as u64) as usize;
+                                let slice = bytes.slice(r.start as usize..end);
+                                chunks.push(ChunkRequest::ready(request, slice, region));
+                            }
+                            Some(bytes) => {
+                                local_failures.push(ChunkFailure {
+                                    key: keys[s].clone(),
+                                    region: self.clipped(&region.origin, inner),
+                                    error: Error::range_past_end(
+                                        keys[s].clone(),
+                                        ByteRange::Bounded(r.clone()),
+                                        bytes.len() as u64,
+                                    ),
+                                });
+                                continue;
+                            }
+                        }
                         labels.push(s);
                     }
                     Some(IndexEntry::Invalid(reason)) => {
@@ -547,7 +607,9 @@ impl<S: Store> Array<S> {
             target: target.clone(),
         };
         let regions: Vec<Vec<u64>> = chunks.iter().map(|c| c.region.origin.clone()).collect();
-        let has_reads = chunks.iter().any(|c| c.request.is_some());
+        let has_reads = chunks
+            .iter()
+            .any(|c| c.request.is_some() && c.ready.is_none());
         let outcome = self
             .pipeline(decoder)
             .run(&self.store, chunks, output)
@@ -687,6 +749,13 @@ impl<T: Element> ChunkDecoder for ArrayChunkDecoder<T> {
     }
 }
 
+/// A shard's index, and the whole shard when it was read whole.
+#[derive(Debug, Clone)]
+struct ShardRead {
+    entries: Arc<Vec<IndexEntry>>,
+    whole: Option<Bytes>,
+}
+
 /// Decodes shard indexes; region = the shard's position in the list of touched shards.
 struct IndexDecoder {
     sharding: Arc<Sharding>,
@@ -694,21 +763,42 @@ struct IndexDecoder {
 
 impl ChunkDecoder for IndexDecoder {
     type Region = usize;
-    type Decoded = Vec<IndexEntry>;
-    type Output = Vec<Option<Arc<Vec<IndexEntry>>>>;
+    type Decoded = ShardRead;
+    type Output = Vec<Option<ShardRead>>;
 
-    fn decode(&self, request: &Request, bytes: Bytes, _: &usize) -> crate::Result<Vec<IndexEntry>> {
-        self.sharding
-            .decode_index(bytes)
-            .map_err(|reason| Error::InvalidData {
-                key: request.key.clone(),
-                reason,
-            })
+    fn decode(&self, request: &Request, bytes: Bytes, _: &usize) -> crate::Result<ShardRead> {
+        let error = |reason: String| Error::InvalidData {
+            key: request.key.clone(),
+            reason,
+        };
+        // A range request read the index alone; a whole request read the whole shard.
+        let (index, whole) = if request.range.is_some() {
+            (bytes, None)
+        } else {
+            let len = self.sharding.index_len() as usize;
+            if bytes.len() < len {
+                return Err(error(format!(
+                    "a shard of {} bytes cannot hold its {len}-byte index",
+                    bytes.len()
+                )));
+            }
+            let index = if self.sharding.index_at_start {
+                bytes.slice(..len)
+            } else {
+                bytes.slice(bytes.len() - len..)
+            };
+            (index, Some(bytes))
+        };
+        let entries = self.sharding.decode_index(index).map_err(error)?;
+        Ok(ShardRead {
+            entries: Arc::new(entries),
+            whole,
+        })
     }
 
-    fn write(&self, decoded: Vec<IndexEntry>, shard: &usize, output: &mut Self::Output) {
+    fn write(&self, decoded: ShardRead, shard: &usize, output: &mut Self::Output) {
         if let Some(slot) = output.get_mut(*shard) {
-            *slot = Some(Arc::new(decoded));
+            *slot = Some(decoded);
         }
     }
 

@@ -189,6 +189,17 @@ pub struct BenchZarrArgs {
     no_loop: bool,
 }
 
+/// Which reader options a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The defaults: exactly two rounds for a sharded array.
+    Cold,
+    /// Shard indexes cached by the warm-up read.
+    Warm,
+    /// Covered shards read whole in the index round.
+    Whole,
+}
+
 /// One strategy's median run.
 struct Measured {
     wall: Duration,
@@ -225,10 +236,13 @@ impl Bench {
         store: &Metrics<ObjectStoreStore>,
         path: &str,
         selection: &[Range<u64>],
-        warm: bool,
+        mode: Mode,
     ) -> Result<Measured, BoxError> {
         let mut array = Array::open(store, path).await?;
-        if warm {
+        if mode == Mode::Whole {
+            array = array.with_whole_shard_reads();
+        }
+        if mode == Mode::Warm {
             // The warm-up read fills the cache; the measured reads skip the index round.
             array = array.with_index_cache();
         }
@@ -414,16 +428,26 @@ pub async fn run(args: BenchZarrArgs) -> Result<(), BoxError> {
                     format!("{:.2}", m.wall.as_secs_f64() / limit.as_secs_f64()),
                 ]);
             };
-            let m = bench.zarr_read(&coalescing, path, selection, false).await?;
+            let m = bench
+                .zarr_read(&coalescing, path, selection, Mode::Cold)
+                .await?;
             if path == "sharded" && *name != "full" {
                 band_ratio = Some((m.wall, limit));
             }
             add("getmany zarr (merged ranges)", &m);
             if path == "sharded" {
-                let m = bench.zarr_read(&coalescing, path, selection, true).await?;
+                let m = bench
+                    .zarr_read(&coalescing, path, selection, Mode::Whole)
+                    .await?;
+                add("getmany zarr, covered shards read whole", &m);
+                let m = bench
+                    .zarr_read(&coalescing, path, selection, Mode::Warm)
+                    .await?;
                 add("getmany zarr, shard indexes cached (warm)", &m);
             }
-            let m = bench.zarr_read(&per_chunk, path, selection, false).await?;
+            let m = bench
+                .zarr_read(&per_chunk, path, selection, Mode::Cold)
+                .await?;
             add(
                 &format!("one request per chunk ({} in flight)", args.budget),
                 &m,
