@@ -35,6 +35,7 @@
 //! * `object-store` (default): [`ObjectStoreStore`] over any `object_store` backend.
 //! * `aws`: `object_store`'s S3 backend.
 //! * `testing`: the public conformance suite, [`testing`], for your own stores.
+//! * `zarr`: a zarr v3 array reader on the chunk-read [`pipeline`].
 #![warn(missing_docs)]
 
 mod error;
@@ -44,7 +45,11 @@ mod request;
 mod store;
 
 pub mod coalesce;
+pub mod pipeline;
 pub mod wrap;
+
+#[cfg(feature = "zarr")]
+pub mod zarr;
 
 #[cfg(feature = "object-store")]
 mod object_store;
