@@ -4,7 +4,6 @@
 #![cfg(all(feature = "server", feature = "bundle"))]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use getmany::server::{BundleServer, Limits};
 use getmany::testing::{Conformance, FaultInjector, FaultObjectStore, populate};
@@ -109,6 +108,3 @@ async fn conformance_tigris_zstd_in_request_order() {
         .unwrap();
     Conformance::new(&store).run().await.assert_passed();
 }
-
-#[allow(dead_code)]
-fn unused(_: Duration) {}

@@ -164,7 +164,7 @@ mod tests {
     #[test]
     fn pax_records_parse_and_reject_nonsense() {
         let mut out = HashMap::new();
-        parse_pax(b"11 path=a\n16 GETMANY.x=yz\n", &mut out).unwrap();
+        parse_pax(b"9 path=a\n16 GETMANY.x=yz\n", &mut out).unwrap();
         assert_eq!(out["path"], "a");
         assert_eq!(out["GETMANY.x"], "yz");
         for bad in [&b"99 path=a\n"[..], b"x path=a\n", b"10 patha\n", b"3 \n"] {

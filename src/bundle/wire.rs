@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::channel::mpsc::Sender;
@@ -26,6 +26,10 @@ const ORDER_HEADER: &str = "x-getmany-order";
 const PAX_INDEX: &str = "GETMANY.index";
 const PAX_STATUS: &str = "GETMANY.status";
 const PAX_ERROR: &str = "GETMANY.error";
+/// How often a request answered 429 (overloaded) is sent again.
+const OVERLOAD_RETRIES: u32 = 4;
+/// The longest pause before sending again.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// The most of an error response's body kept for the message.
 const MAX_ERROR_BODY: usize = 16 * 1024;
 
@@ -179,14 +183,33 @@ impl Wire {
                 .map_err(|_| "the token cannot be sent in a header".to_string())?;
             headers.insert(header::AUTHORIZATION, value);
         }
-        let response = self
-            .client
-            .request(method, &url)
-            .headers(headers)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| format!("bundle request to {url} failed: {e}"))?;
+        // An overloaded server (429) is asked again after the pause it names; a bundle is
+        // a read, so repeating it is safe. The signature stays valid for minutes.
+        let mut attempt = 0;
+        let response = loop {
+            let response = self
+                .client
+                .request(method.clone(), &url)
+                .headers(headers.clone())
+                .body(body.clone())
+                .send()
+                .await
+                .map_err(|e| format!("bundle request to {url} failed: {e}"))?;
+            if response.status() != reqwest::StatusCode::TOO_MANY_REQUESTS
+                || attempt >= OVERLOAD_RETRIES
+            {
+                break response;
+            }
+            attempt += 1;
+            let named = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let backoff = Duration::from_millis(50 << attempt);
+            tokio::time::sleep(named.unwrap_or(backoff).min(MAX_RETRY_PAUSE)).await;
+        };
         if response.status() != reqwest::StatusCode::OK {
             let status = response.status();
             let text = error_text(response).await;

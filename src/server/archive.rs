@@ -343,7 +343,7 @@ mod tests {
     #[test]
     fn pax_record_length_counts_itself() {
         let r = pax_record("path", "a");
-        assert_eq!(r, b"11 path=a\n");
+        assert_eq!(r, b"9 path=a\n");
         let long = "x".repeat(95);
         let r = String::from_utf8(pax_record("path", &long)).unwrap();
         assert_eq!(r.len().to_string(), r.split(' ').next().unwrap());

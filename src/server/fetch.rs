@@ -91,6 +91,9 @@ pub(crate) struct Fetch {
 
 type Answer = (usize, Result<Option<Bytes>>);
 
+/// The requests of a segment for one store: (store, bundle indices, requests).
+type StoreGroup = (Arc<dyn Store>, Vec<usize>, Vec<Request>);
+
 /// The stream of a bundle's answers: in request order, or (for clients that asked for it) in
 /// completion order.
 pub(crate) struct Fetcher {
@@ -151,7 +154,7 @@ impl Fetcher {
             .peak_outstanding
             .fetch_max(self.outstanding, Ordering::SeqCst);
         // Group the segment by store (by pointer), keeping request order within each group.
-        let mut groups: Vec<(Arc<dyn Store>, Vec<usize>, Vec<Request>)> = Vec::new();
+        let mut groups: Vec<StoreGroup> = Vec::new();
         for index in start..start + len {
             let fetch = &self.fetches[index];
             let group = groups

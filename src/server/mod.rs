@@ -282,11 +282,13 @@ impl BundleServerBuilder {
             .local_addr()
             .map_err(|source| ServerError::Bind { addr, source })?;
         let stats = Arc::new(ServerStats::default());
+        let max_in_flight = self.limits.max_in_flight.max(1);
+        let in_flight = Arc::new(Semaphore::new(max_in_flight));
         let shared = Arc::new(service::Shared {
             buckets,
             has_keys: self.credentials.is_some(),
             token: self.token,
-            in_flight: Arc::new(Semaphore::new(self.limits.max_in_flight.max(1))),
+            in_flight: in_flight.clone(),
             limits: self.limits,
             stats: stats.clone(),
             next_request_id: AtomicU64::new(1),
@@ -297,6 +299,8 @@ impl BundleServerBuilder {
             tokio::spawn(service::accept_loop(listener, service, shared, shutdown_rx));
         Ok(BundleServer {
             addr: local,
+            in_flight,
+            max_in_flight,
             stats,
             accept_task,
             shutdown,
@@ -308,6 +312,8 @@ impl BundleServerBuilder {
 /// progress finish their current request.
 pub struct BundleServer {
     addr: SocketAddr,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
     stats: Arc<ServerStats>,
     accept_task: JoinHandle<()>,
     shutdown: watch::Sender<bool>,
@@ -332,6 +338,11 @@ impl BundleServer {
     /// The server's counters.
     pub fn stats(&self) -> &ServerStats {
         &self.stats
+    }
+
+    /// Bundle and GetBatch requests running now (admitted and not yet finished or dropped).
+    pub fn bundles_in_flight(&self) -> usize {
+        self.max_in_flight - self.in_flight.available_permits()
     }
 }
 

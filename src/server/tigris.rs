@@ -287,6 +287,12 @@ fn parse_xml_keys(text: &str) -> std::result::Result<Vec<String>, String> {
                 }
                 path.push(name);
             }
+            Ok(Event::Empty(tag)) => {
+                let name = String::from_utf8_lossy(tag.name().as_ref()).into_owned();
+                if path.is_empty() && name != "Bundle" {
+                    return Err(format!("expected a <Bundle> root element, found <{name}/>"));
+                }
+            }
             Ok(Event::End(_)) => {
                 if path.pop().as_deref() == Some("Key")
                     && let Some(key) = current.take()
