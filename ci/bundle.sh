@@ -2,7 +2,7 @@
 # Real third-party clients against `getmany serve` (the bundle endpoint): the PyPI packages
 # tigris-boto3-ext (bundle_objects over boto3) and aistore (Client.batch), each running its
 # scenarios from tests/python/. Needs python3 with venv and PyPI; without Python it says so
-# and exits 0. About a minute after the release build.
+# and exits 0. About a minute, after the test build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,9 +17,19 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install --quiet --disable-pip-version-check tigris-boto3-ext aistore boto3
 
-echo "== cargo build --release --features cli"
-cargo build --release --features cli
-BIN="${CARGO_TARGET_DIR:-target}/release/getmany"
+# The binary needs feature `cli` (which brings `server` and `bundle`). By default it is the
+# debug binary that `cargo test --all-features` already built (nothing to compile after the
+# test run); BUNDLE_RELEASE=1 builds `cargo build --release --features cli` instead.
+TARGET="${CARGO_TARGET_DIR:-target}"
+if [ "${BUNDLE_RELEASE:-0}" = "1" ]; then
+    echo "== cargo build --release --features cli"
+    cargo build --release --features cli
+    BIN="$TARGET/release/getmany"
+else
+    echo "== cargo test --all-features --no-run (builds target/debug/getmany)"
+    cargo test --all-features --no-run --quiet
+    BIN="$TARGET/debug/getmany"
+fi
 
 ROOT="$(mktemp -d)"
 mkdir -p "$ROOT/data"
