@@ -36,6 +36,10 @@
 //! * `aws`: `object_store`'s S3 backend.
 //! * `testing`: the public conformance suite, [`testing`], for your own stores.
 //! * `zarr`: a zarr v3 array reader on the chunk-read [`pipeline`].
+//! * `server`: a bundle endpoint (Tigris bundle and AIStore GetBatch) in front of any store,
+//!   [`server`].
+//! * `bundle`: [`BundleStore`], a store that reads many objects per request from such an
+//!   endpoint.
 #![warn(missing_docs)]
 
 mod error;
@@ -60,6 +64,12 @@ pub mod testing;
 #[cfg(feature = "s3-server")]
 pub mod s3_server;
 
+#[cfg(feature = "server")]
+pub mod server;
+
+#[cfg(feature = "bundle")]
+mod bundle;
+
 /// Re-exported so a custom [`Store`] can be written as `#[getmany::async_trait]`.
 pub use async_trait::async_trait;
 pub use error::{BoxError, Error, Result};
@@ -73,3 +83,8 @@ pub use store::{
 
 #[cfg(feature = "object-store")]
 pub use crate::object_store::ObjectStoreStore;
+
+#[cfg(feature = "bundle")]
+pub use crate::bundle::{
+    BundleCompression, BundleProtocol, BundleStore, BundleStoreBuilder, MAX_KEYS_PER_BUNDLE,
+};

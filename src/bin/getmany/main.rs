@@ -3,10 +3,15 @@
 //! `getmany bench` runs the coalescing benchmark on an embedded S3 server behind a latency
 //! model and prints a table per scenario. `getmany bench-zarr` compares the zarr reader with
 //! one request per chunk; `getmany s3-serve` serves the same arrays to other clients.
+//! `getmany serve` runs the bundle endpoint (Tigris bundle, AIStore GetBatch, S3 GET/HEAD)
+//! over a directory of buckets or an object_store URL. `getmany bench-bundle` compares
+//! `BundleStore` with concurrent GETs through a TCP delay proxy.
 
 mod bench;
+mod bench_bundle;
 mod bench_zarr;
 mod proxy;
+mod serve;
 mod sweep;
 
 use clap::{Parser, Subcommand};
@@ -29,17 +34,38 @@ enum Command {
     BenchZarr(bench_zarr::BenchZarrArgs),
     /// Serve an in-memory S3 bucket (a directory, the bench-zarr arrays) until stdin closes.
     S3Serve(bench_zarr::ServeArgs),
+    /// Serve a bundle endpoint in front of a directory of buckets or an object_store URL.
+    Serve(serve::ServeArgs),
+    /// Compare BundleStore (both protocols) with concurrent GETs through a TCP delay proxy.
+    BenchBundle(bench_bundle::BenchBundleArgs),
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
-    match cli.command {
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("getmany: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
         Command::Bench(args) => runtime.block_on(sweep::run(args)),
         Command::BenchStore(args) => runtime.block_on(bench::run(args)),
         Command::BenchZarr(args) => runtime.block_on(bench_zarr::run(args)),
         Command::S3Serve(args) => runtime.block_on(bench_zarr::serve(args)),
+        Command::Serve(args) => runtime.block_on(serve::run(args)),
+        Command::BenchBundle(args) => runtime.block_on(bench_bundle::run(args)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // Display, not Debug: the message names what was wrong.
+        Err(e) => {
+            eprintln!("getmany: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

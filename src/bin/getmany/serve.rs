@@ -1,0 +1,127 @@
+//! `getmany serve`: the bundle endpoint (Tigris bundle, AIStore GetBatch, S3 GET/HEAD) in
+//! front of a directory of buckets or any object_store URL.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use getmany::server::{BundleServer, Limits, valid_bucket_name};
+use getmany::{ObjectStoreStore, Store};
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+
+/// Options of `getmany serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A directory whose subdirectories are the buckets (object_store's LocalFileSystem).
+    #[arg(long, conflicts_with = "url", required_unless_present = "url")]
+    root: Option<PathBuf>,
+    /// Any object_store URL (s3://bucket/prefix, gs://..., az://..., file:///...), served as
+    /// one bucket; credentials come from the usual environment variables (AWS_*, GOOGLE_*,
+    /// AZURE_*).
+    #[arg(long)]
+    url: Option<String>,
+    /// The bucket name for --url (default: the URL's bucket, or "data").
+    #[arg(long, requires = "url")]
+    bucket: Option<String>,
+    /// The address to listen on (port 0: any free port). Anything but loopback needs
+    /// --access-key and --secret-key.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+    /// Require an AWS Signature V4 made with this access key on every request.
+    #[arg(long, requires = "secret_key")]
+    access_key: Option<String>,
+    /// The secret key for --access-key.
+    #[arg(long, requires = "access_key")]
+    secret_key: Option<String>,
+    /// Accept `Authorization: Bearer <token>` on the AIStore routes.
+    #[arg(long)]
+    token: Option<String>,
+    /// Bundle and GetBatch requests served at once; more answer 429.
+    #[arg(long, default_value_t = Limits::default().max_in_flight)]
+    max_in_flight: usize,
+    /// The longest a request may take, in seconds.
+    #[arg(long, default_value_t = Limits::default().request_timeout.as_secs())]
+    request_timeout_secs: u64,
+}
+
+/// The options object_store reads for a URL, from the environment (lower-cased, as its
+/// builders' config keys are).
+fn env_options() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            ["AWS_", "GOOGLE_", "AZURE_", "OBJECT_STORE_"]
+                .iter()
+                .any(|p| k.starts_with(p))
+        })
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect()
+}
+
+fn buckets_of_root(root: &PathBuf) -> Result<Vec<(String, Arc<dyn Store>)>, Box<dyn std::error::Error>> {
+    let mut buckets = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(root)
+        .map_err(|e| format!("cannot read --root {}: {e}", root.display()))?
+        .collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !valid_bucket_name(&name) {
+            eprintln!("getmany serve: skipping {name:?}: not a valid bucket name");
+            continue;
+        }
+        let fs: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(entry.path())?);
+        buckets.push((name, Arc::new(ObjectStoreStore::new(fs)) as Arc<dyn Store>));
+    }
+    Ok(buckets)
+}
+
+fn bucket_of_url(url: &str, name: Option<String>) -> Result<(String, Arc<dyn Store>), Box<dyn std::error::Error>> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("--url {url:?}: {e}"))?;
+    let (store, prefix) = object_store::parse_url_opts(&parsed, env_options())
+        .map_err(|e| format!("--url {url:?}: {e}"))?;
+    let name = name
+        .or_else(|| parsed.host_str().filter(|h| valid_bucket_name(h)).map(str::to_owned))
+        .unwrap_or_else(|| "data".to_string());
+    let store = ObjectStoreStore::new(Arc::from(store)).with_prefix(prefix.as_ref())?;
+    Ok((name, Arc::new(store)))
+}
+
+/// Runs the server until the process is stopped.
+pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let buckets = match (&args.root, &args.url) {
+        (Some(root), _) => buckets_of_root(root)?,
+        (None, Some(url)) => vec![bucket_of_url(url, args.bucket.clone())?],
+        (None, None) => return Err("give --root DIR or --url URL".into()),
+    };
+    if buckets.is_empty() {
+        return Err("no buckets to serve (the --root directory has no subdirectories)".into());
+    }
+    let limits = Limits {
+        max_in_flight: args.max_in_flight,
+        request_timeout: Duration::from_secs(args.request_timeout_secs),
+        ..Limits::default()
+    };
+    let mut builder = BundleServer::builder().limits(limits);
+    let names: Vec<String> = buckets.iter().map(|(n, _)| n.clone()).collect();
+    for (name, store) in buckets {
+        builder = builder.bucket(name, store);
+    }
+    if let (Some(access), Some(secret)) = (args.access_key, args.secret_key) {
+        builder = builder.credentials(access, secret);
+    }
+    if let Some(token) = args.token {
+        builder = builder.token(token);
+    }
+    let server = builder.start(args.listen).await?;
+    // The first line is for scripts: the address to connect to.
+    println!("listening on {}", server.url());
+    println!("buckets: {}", names.join(", "));
+    std::future::pending::<()>().await;
+    Ok(())
+}

@@ -1,0 +1,548 @@
+//! [`BundleStore`]: a [`Store`] whose `get_many` reads thousands of objects per HTTP request
+//! from a bundle endpoint (the Tigris bundle API or AIStore's GetBatch).
+
+mod read;
+mod wire;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+
+use crate::store::GetManyStream;
+use crate::{ByteRange, Error, IoBudget, Request, Result, Store, slice_object};
+
+const STORE: &str = "bundle";
+
+/// Which protocol a [`BundleStore`] speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleProtocol {
+    /// Tigris: `POST /{bucket}?bundle` with `{"keys":[...]}`, SigV4-signed. Whole objects
+    /// only; byte ranges go through the ranged store ([`BundleStoreBuilder::ranged_store`]).
+    Tigris,
+    /// AIStore GetBatch: `GET /v1/ml/moss/{bucket}` with `{"in":[...]}`. Byte ranges are
+    /// native (`start`/`length`); a suffix range is read whole and cut on the client.
+    AiStore,
+}
+
+/// Compression of a bundle's body (the whole body, not a `Content-Encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BundleCompression {
+    /// None (the default): for fast links the CPU time of compressing costs more than it
+    /// saves.
+    #[default]
+    None,
+    /// gzip (Tigris `gzip`, AIStore `.tgz`).
+    Gzip,
+    /// zstd (Tigris only).
+    Zstd,
+}
+
+/// Configures a [`BundleStore`].
+pub struct BundleStoreBuilder {
+    protocol: BundleProtocol,
+    endpoint: String,
+    bucket: String,
+    credentials: Option<(String, String)>,
+    region: String,
+    token: Option<String>,
+    compression: BundleCompression,
+    max_keys: usize,
+    bundles_in_flight: usize,
+    ranged: Option<Arc<dyn Store>>,
+    budget: Option<IoBudget>,
+    client: Option<reqwest::Client>,
+    max_member_bytes: u64,
+    completion_order: bool,
+    timeout: Duration,
+}
+
+impl fmt::Debug for BundleStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BundleStoreBuilder")
+            .field("protocol", &self.protocol)
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("access_key", &self.credentials.as_ref().map(|(a, _)| a))
+            .field("compression", &self.compression)
+            .field("max_keys", &self.max_keys)
+            .field("bundles_in_flight", &self.bundles_in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The most keys one bundle may hold (the Tigris limit).
+pub const MAX_KEYS_PER_BUNDLE: usize = 5_000;
+
+impl BundleStoreBuilder {
+    /// Signs every request with AWS Signature V4 (service `s3`).
+    pub fn credentials(
+        mut self,
+        access_key: impl Into<String>,
+        secret_key: impl Into<String>,
+    ) -> Self {
+        self.credentials = Some((access_key.into(), secret_key.into()));
+        self
+    }
+
+    /// The SigV4 region (default `"auto"`, as Tigris).
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = region.into();
+        self
+    }
+
+    /// Sends `Authorization: Bearer <token>` (AIStore), unless requests are signed.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Asks for a compressed body.
+    pub fn compression(mut self, compression: BundleCompression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// Distinct keys (Tigris) or entries (AIStore) per bundle, 1 to 5,000 (default 5,000).
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// Bundles of one `get_many` in flight at once (default 4; also bounded by the budget).
+    pub fn bundles_in_flight(mut self, bundles: usize) -> Self {
+        self.bundles_in_flight = bundles.max(1);
+        self
+    }
+
+    /// The store that serves byte-range requests on the Tigris protocol, typically an
+    /// [`ObjectStoreStore`](crate::ObjectStoreStore) over `object_store`'s S3 client pointed
+    /// at the same endpoint. Without one, ranged reads on Tigris fail with `NotSupported`.
+    pub fn ranged_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.ranged = Some(store);
+        self
+    }
+
+    /// The I/O budget; each bundle in flight holds one unit (default: 64 units).
+    pub fn budget(mut self, budget: IoBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// The HTTP client (default: `TCP_NODELAY`, no automatic decompression).
+    pub fn client(mut self, client: reqwest::Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// The largest member accepted (default 1 GiB); a larger declared size cuts the bundle
+    /// before anything is allocated for it.
+    pub fn max_member_bytes(mut self, bytes: u64) -> Self {
+        self.max_member_bytes = bytes;
+        self
+    }
+
+    /// Asks the server for completion-order members (`x-getmany-order: completion`, default
+    /// on). A getmany server then sends each object as soon as it is read, so a slow object
+    /// never holds back the others; other servers ignore the header and send request order,
+    /// which the store also reads.
+    pub fn completion_order(mut self, enabled: bool) -> Self {
+        self.completion_order = enabled;
+        self
+    }
+
+    /// The longest one HTTP request may take, body included (default 15 minutes).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Builds the store.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidKey` for an endpoint that is not an `http(s)://` URL, or an empty or invalid
+    /// bucket name; `NotSupported` for zstd on AIStore or a `max_keys` outside 1..=5,000.
+    pub fn build(self) -> Result<BundleStore> {
+        let endpoint = reqwest::Url::parse(self.endpoint.trim_end_matches('/')).map_err(|e| {
+            Error::InvalidKey {
+                key: self.endpoint.clone(),
+                reason: format!("not a URL: {e}"),
+            }
+        })?;
+        if !matches!(endpoint.scheme(), "http" | "https") {
+            return Err(Error::InvalidKey {
+                key: self.endpoint,
+                reason: "the endpoint must be an http:// or https:// URL".into(),
+            });
+        }
+        let bucket_ok = !self.bucket.is_empty()
+            && self
+                .bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !bucket_ok {
+            return Err(Error::InvalidKey {
+                key: self.bucket,
+                reason: "a bucket name is 1 or more characters from [A-Za-z0-9._-]".into(),
+            });
+        }
+        if !(1..=MAX_KEYS_PER_BUNDLE).contains(&self.max_keys) {
+            return Err(Error::NotSupported {
+                store: STORE,
+                operation: format!("{} keys per bundle (1 to 5,000)", self.max_keys),
+            });
+        }
+        if self.protocol == BundleProtocol::AiStore && self.compression == BundleCompression::Zstd {
+            return Err(Error::NotSupported {
+                store: STORE,
+                operation: "zstd on the AIStore protocol (use gzip)".into(),
+            });
+        }
+        let client = match self.client {
+            Some(client) => client,
+            None => reqwest::Client::builder()
+                .tcp_nodelay(true)
+                .timeout(self.timeout)
+                .build()
+                .map_err(|e| Error::backend(STORE, "", e))?,
+        };
+        Ok(BundleStore {
+            inner: Arc::new(wire::Wire {
+                protocol: self.protocol,
+                endpoint,
+                bucket: self.bucket,
+                credentials: self.credentials,
+                region: self.region,
+                token: self.token,
+                compression: self.compression,
+                client,
+                max_member_bytes: self.max_member_bytes,
+                completion_order: self.completion_order,
+            }),
+            max_keys: self.max_keys,
+            bundles_in_flight: self.bundles_in_flight,
+            ranged: self.ranged,
+            budget: self.budget.unwrap_or_default(),
+        })
+    }
+}
+
+/// A [`Store`] over a bundle endpoint: its [`get_many`](Store::get_many) sends whole-object
+/// requests as bundles of up to 5,000 distinct keys, one HTTP request each, and parses each
+/// response's tar stream as it arrives, answering every request the moment its member is
+/// complete.
+///
+/// * **Round trips**: `ceil(distinct keys / max_keys)` requests, up to
+///   [`bundles_in_flight`](BundleStoreBuilder::bundles_in_flight) at once, each holding one
+///   unit of the store's [`IoBudget`]. A duplicate key is fetched once and answers every
+///   request for it.
+/// * **Missing keys** read as `None` (the Tigris errors member `__bundle_errors.json`, the
+///   AIStore `__404__/` placeholders). Any other failure of one object fails only the
+///   requests for it.
+/// * **Byte ranges**: native on AIStore (identical ranges share one entry; a suffix is read
+///   whole and cut here). On Tigris they go to the [ranged
+///   store](BundleStoreBuilder::ranged_store).
+/// * **A cut stream** (connection lost, corrupt tar) fails the requests not yet answered;
+///   the ones already answered stay answered.
+/// * **Order**: with a getmany server, members come in completion order
+///   ([`completion_order`](BundleStoreBuilder::completion_order)); otherwise in request
+///   order, as the protocols define.
+/// * **Memory**: one member at a time per bundle plus a few waiting for the reader; a
+///   member's declared size is checked against
+///   [`max_member_bytes`](BundleStoreBuilder::max_member_bytes) before it is read.
+///
+/// # Example
+///
+/// ```
+/// use std::sync::Arc;
+/// use futures::StreamExt;
+/// use getmany::server::BundleServer;
+/// use getmany::{BundleStore, MemoryStore, Request, Store};
+///
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // A bundle endpoint over an in-memory bucket (needs feature `server`).
+/// let backend = MemoryStore::new();
+/// for i in 0..100 {
+///     backend.insert(format!("img/{i}"), vec![i as u8; 1000]);
+/// }
+/// let server = BundleServer::builder()
+///     .bucket("data", Arc::new(backend))
+///     .start("127.0.0.1:0".parse()?)
+///     .await?;
+///
+/// // 100 objects and a missing key: one HTTP request.
+/// let store = BundleStore::tigris(server.url(), "data").build()?;
+/// let mut requests: Vec<Request> = (0..100).map(|i| Request::whole(format!("img/{i}"))).collect();
+/// requests.push(Request::whole("img/missing"));
+/// let mut results = store.get_many(requests);
+/// while let Some((index, result)) = results.next().await {
+///     match result? {
+///         Some(bytes) => assert_eq!(bytes.len(), 1000, "request {index}"),
+///         None => assert_eq!(index, 100),
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct BundleStore {
+    inner: Arc<wire::Wire>,
+    max_keys: usize,
+    bundles_in_flight: usize,
+    ranged: Option<Arc<dyn Store>>,
+    budget: IoBudget,
+}
+
+impl fmt::Debug for BundleStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BundleStore")
+            .field("protocol", &self.inner.protocol)
+            .field("endpoint", &self.inner.endpoint.as_str())
+            .field("bucket", &self.inner.bucket)
+            .field("max_keys", &self.max_keys)
+            .field("bundles_in_flight", &self.bundles_in_flight)
+            .field("ranged", &self.ranged)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One entry of a bundle: what goes on the wire, and the requests it answers (with the cut
+/// to apply here, for a suffix read whole).
+#[derive(Debug, Clone)]
+pub(crate) struct WireEntry {
+    pub key: String,
+    pub range: Option<ByteRange>,
+    pub serves: Vec<(usize, Option<ByteRange>)>,
+}
+
+impl BundleStore {
+    /// A builder for `protocol` at `endpoint` (`http(s)://host:port`), reading `bucket`.
+    pub fn builder(
+        protocol: BundleProtocol,
+        endpoint: impl Into<String>,
+        bucket: impl Into<String>,
+    ) -> BundleStoreBuilder {
+        BundleStoreBuilder {
+            protocol,
+            endpoint: endpoint.into(),
+            bucket: bucket.into(),
+            credentials: None,
+            region: "auto".into(),
+            token: None,
+            compression: BundleCompression::None,
+            max_keys: MAX_KEYS_PER_BUNDLE,
+            bundles_in_flight: 4,
+            ranged: None,
+            budget: None,
+            client: None,
+            max_member_bytes: 1 << 30,
+            completion_order: true,
+            timeout: Duration::from_secs(15 * 60),
+        }
+    }
+
+    /// A builder for the Tigris bundle protocol.
+    pub fn tigris(endpoint: impl Into<String>, bucket: impl Into<String>) -> BundleStoreBuilder {
+        Self::builder(BundleProtocol::Tigris, endpoint, bucket)
+    }
+
+    /// A builder for the AIStore GetBatch protocol.
+    pub fn aistore(endpoint: impl Into<String>, bucket: impl Into<String>) -> BundleStoreBuilder {
+        Self::builder(BundleProtocol::AiStore, endpoint, bucket)
+    }
+
+    /// The protocol.
+    pub fn protocol(&self) -> BundleProtocol {
+        self.inner.protocol
+    }
+
+    /// Splits `requests` into bundle entries (deduplicated) and the ones that go elsewhere.
+    fn plan(&self, requests: &[Request]) -> Plan {
+        let mut plan = Plan::default();
+        let mut by_wire: HashMap<(&str, Option<ByteRange>), usize> = HashMap::new();
+        for (index, request) in requests.iter().enumerate() {
+            if let Some(reason) = request.range.as_ref().and_then(ByteRange::invalid_reason) {
+                plan.invalid.push((
+                    index,
+                    Error::InvalidRange {
+                        key: request.key.clone(),
+                        range: request.range.clone().unwrap_or(ByteRange::Offset(0)),
+                        reason: reason.to_string(),
+                    },
+                ));
+                continue;
+            }
+            let (wire_range, cut) = match (self.inner.protocol, &request.range) {
+                (_, None) => (None, None),
+                (BundleProtocol::Tigris, Some(_)) => {
+                    plan.ranged.push(index);
+                    continue;
+                }
+                (BundleProtocol::AiStore, Some(ByteRange::Suffix(n))) => {
+                    (None, Some(ByteRange::Suffix(*n)))
+                }
+                (BundleProtocol::AiStore, Some(range)) => (Some(range.clone()), None),
+            };
+            let slot = *by_wire
+                .entry((request.key.as_str(), wire_range.clone()))
+                .or_insert_with(|| {
+                    plan.entries.push(WireEntry {
+                        key: request.key.clone(),
+                        range: wire_range,
+                        serves: Vec::new(),
+                    });
+                    plan.entries.len() - 1
+                });
+            plan.entries[slot].serves.push((index, cut));
+        }
+        plan
+    }
+}
+
+#[derive(Debug, Default)]
+struct Plan {
+    entries: Vec<WireEntry>,
+    ranged: Vec<usize>,
+    invalid: Vec<(usize, Error)>,
+}
+
+/// The answers of one entry for each request it serves.
+fn fan_out(
+    entry: &WireEntry,
+    result: Result<Option<Bytes>>,
+) -> Vec<(usize, Result<Option<Bytes>>)> {
+    entry
+        .serves
+        .iter()
+        .map(|(index, cut)| {
+            let answer = match (&result, cut) {
+                (Ok(Some(bytes)), Some(cut)) => {
+                    slice_object(&entry.key, bytes, Some(cut.clone())).map(Some)
+                }
+                (Err(Error::InvalidRange { reason, .. }), Some(cut)) => Err(Error::InvalidRange {
+                    key: entry.key.clone(),
+                    range: cut.clone(),
+                    reason: reason.clone(),
+                }),
+                (other, _) => other.clone(),
+            };
+            (*index, answer)
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Store for BundleStore {
+    async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<Bytes>> {
+        let request = Request {
+            key: key.to_string(),
+            range,
+        };
+        match self.get_many(vec![request]).next().await {
+            Some((_, result)) => result,
+            None => Err(Error::InvalidData {
+                key: key.to_string(),
+                reason: "the bundle answered nothing".into(),
+            }),
+        }
+    }
+
+    fn get_many(&self, requests: Vec<Request>) -> GetManyStream<'_> {
+        let plan = self.plan(&requests);
+        tracing::debug!(
+            requests = requests.len(),
+            entries = plan.entries.len(),
+            ranged = plan.ranged.len(),
+            "getmany.bundle.get_many"
+        );
+        let invalid = stream::iter(plan.invalid.into_iter().map(|(i, e)| (i, Err(e))));
+
+        let ranged: BoxStream<'_, (usize, Result<Option<Bytes>>)> = if plan.ranged.is_empty() {
+            stream::empty().boxed()
+        } else {
+            let indices = plan.ranged;
+            match &self.ranged {
+                Some(store) => {
+                    let subset: Vec<Request> =
+                        indices.iter().map(|&i| requests[i].clone()).collect();
+                    store
+                        .get_many(subset)
+                        .map(move |(local, result)| {
+                            (indices.get(local).copied().unwrap_or(usize::MAX), result)
+                        })
+                        .filter(|(i, _)| futures::future::ready(*i != usize::MAX))
+                        .boxed()
+                }
+                None => {
+                    let errors: Vec<_> = indices
+                        .into_iter()
+                        .map(|i| {
+                            let error = Error::NotSupported {
+                                store: STORE,
+                                operation: format!(
+                                    "byte ranges on the Tigris protocol without a ranged store (request {})",
+                                    requests[i]
+                                ),
+                            };
+                            (i, Err(error))
+                        })
+                        .collect();
+                    stream::iter(errors).boxed()
+                }
+            }
+        };
+
+        let entries = plan.entries;
+        let chunks: Vec<Arc<Vec<WireEntry>>> = entries
+            .chunks(self.max_keys)
+            .map(|c| Arc::new(c.to_vec()))
+            .collect();
+        let in_flight = self.bundles_in_flight.min(self.budget.limit()).max(1);
+        let bundles = stream::iter(chunks)
+            .map(move |chunk| {
+                let answers = self.bundle(chunk.clone());
+                answers.flat_map(move |(slot, result)| {
+                    let items = match chunk.get(slot) {
+                        Some(entry) => fan_out(entry, result),
+                        None => Vec::new(),
+                    };
+                    stream::iter(items)
+                })
+            })
+            .flatten_unordered(in_flight);
+        invalid.chain(stream::select(bundles, ranged)).boxed()
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>> {
+        match (&self.ranged, self.inner.protocol) {
+            (Some(ranged), BundleProtocol::Tigris) => ranged.size(key).await,
+            _ => Ok(self.get(key, None).await?.map(|b| b.len() as u64)),
+        }
+    }
+
+    fn io_budget(&self) -> &IoBudget {
+        &self.budget
+    }
+}
+
+impl BundleStore {
+    /// One bundle's answers, by entry position, as its members arrive. The request runs
+    /// inside the store's budget, driven by whoever reads the stream: nothing is spawned, and
+    /// dropping the stream drops the connection.
+    fn bundle(
+        &self,
+        entries: Arc<Vec<WireEntry>>,
+    ) -> BoxStream<'_, (usize, Result<Option<Bytes>>)> {
+        // A few answers may wait for the reader; beyond that the tar parsing pauses.
+        let (tx, rx) = futures::channel::mpsc::channel(8);
+        let wire = self.inner.clone();
+        let driver = self.budget.run(async move { wire.run(&entries, tx).await });
+        let driver = stream::once(driver).filter_map(|()| futures::future::ready(None));
+        stream::select(driver, rx).boxed()
+    }
+}

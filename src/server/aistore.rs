@@ -1,0 +1,668 @@
+//! The AIStore GetBatch ("moss") protocol: `GET /v1/ml/moss[/{bucket}]`.
+
+use std::io::Read;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use base64::Engine;
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
+use hyper::header::HeaderValue;
+use hyper::{Method, StatusCode};
+use s3s::{Body, S3Request, S3Response, S3Result};
+
+use super::archive::{ArchiveWriter, Compression, Member, PAX_ERROR, PAX_INDEX, PAX_STATUS};
+use super::body::{Assemble, BodyContext, archive_stream, collect_limited, http_body};
+use super::fetch::{Fetch, Fetcher};
+use super::invalid_key_reason;
+use super::service::{
+    BodyError, Kind, MOSS_PATH, ORDER_HEADER, Shared, error_response, read_body, route_response,
+    to_route_response,
+};
+use crate::{ByteRange, Error, Request, Result, Store, slice_object};
+
+/// The directory of placeholders for failed entries (`coer: true`).
+pub const MISSING_DIR: &str = "__404__";
+
+/// Concurrent existence checks when `coer` is false, per request.
+const PRECHECK_CONCURRENCY: usize = 64;
+
+#[derive(Debug, serde::Deserialize)]
+struct MossReq {
+    #[serde(rename = "in", default)]
+    entries: Vec<MossIn>,
+    #[serde(default)]
+    mime: Option<String>,
+    #[serde(default)]
+    coer: Option<bool>,
+    #[serde(default)]
+    onob: Option<bool>,
+    #[serde(default)]
+    strm: Option<bool>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct MossIn {
+    objname: String,
+    #[serde(default)]
+    bucket: Option<String>,
+    #[serde(default)]
+    provider: Option<String>,
+    #[serde(default)]
+    uname: Option<String>,
+    #[serde(default)]
+    opaque: Option<String>,
+    #[serde(default)]
+    archpath: Option<String>,
+    #[serde(default)]
+    start: Option<i64>,
+    #[serde(default)]
+    length: Option<i64>,
+}
+
+/// One validated entry.
+#[derive(Debug, Clone)]
+struct Entry {
+    bucket: String,
+    provider: String,
+    objname: String,
+    archpath: Option<String>,
+    opaque: Option<String>,
+    range: Option<ByteRange>,
+    /// The member name (without the `__404__/` of a placeholder).
+    name: String,
+}
+
+/// The metadata of one entry in a multipart answer.
+#[derive(Debug, Clone, serde::Serialize)]
+struct MossOut {
+    objname: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    archpath: Option<String>,
+    bucket: String,
+    provider: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    err_msg: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    opaque: Option<String>,
+    size: u64,
+}
+
+enum Output {
+    Tar(Compression),
+    Zip,
+}
+
+fn error(shared: &Shared, status: StatusCode, message: &str) -> S3Response<Body> {
+    to_route_response(error_response(Kind::Moss, status, "", message, shared))
+}
+
+fn bad_request(shared: &Shared, message: &str) -> S3Response<Body> {
+    error(shared, StatusCode::BAD_REQUEST, message)
+}
+
+pub(crate) async fn handle(
+    mut req: S3Request<Body>,
+    shared: &Shared,
+    context: BodyContext,
+) -> S3Result<S3Response<Body>> {
+    if req.method != Method::GET && req.method != Method::POST {
+        return Ok(error(
+            shared,
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("GetBatch is GET {MOSS_PATH}[/bucket], not {}", req.method),
+        ));
+    }
+    let rest = req.uri.path()[MOSS_PATH.len()..].trim_matches('/');
+    let default_bucket = (!rest.is_empty()).then(|| rest.to_owned());
+    if default_bucket.as_deref().is_some_and(|b| b.contains('/')) {
+        return Ok(bad_request(
+            shared,
+            &format!("GetBatch is GET {MOSS_PATH}[/bucket]; {rest:?} is not a bucket name"),
+        ));
+    }
+    let completion_order = req
+        .headers
+        .get(ORDER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == "completion");
+
+    let body = match read_body(&req.headers, &mut req.input, shared.limits.max_body_bytes).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            return Ok(bad_request(
+                shared,
+                &format!(
+                    "the GetBatch request body is larger than {} bytes",
+                    shared.limits.max_body_bytes
+                ),
+            ));
+        }
+        Err(BodyError::Failed(why)) => {
+            return Ok(bad_request(
+                shared,
+                &format!("could not read the request body: {why}"),
+            ));
+        }
+    };
+    let request: MossReq = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return Ok(bad_request(
+                shared,
+                &format!(
+                    "the request body is not a GetBatch request ({e}); expected {{\"in\":[{{\"objname\":...}}, ...]}}"
+                ),
+            ));
+        }
+    };
+    if request.entries.is_empty() {
+        return Ok(bad_request(
+            shared,
+            "the GetBatch request has no entries (\"in\")",
+        ));
+    }
+    if request.entries.len() > shared.limits.max_entries {
+        return Ok(bad_request(
+            shared,
+            &format!(
+                "the GetBatch request has {} entries; at most {} are allowed",
+                request.entries.len(),
+                shared.limits.max_entries
+            ),
+        ));
+    }
+    let output = match request.mime.as_deref().unwrap_or("") {
+        "" | ".tar" | "tar" => Output::Tar(Compression::None),
+        ".tgz" | ".tar.gz" | "tgz" | "tar.gz" => Output::Tar(Compression::Gzip),
+        ".zip" | "zip" => Output::Zip,
+        ".tar.lz4" => {
+            return Ok(bad_request(
+                shared,
+                "output format .tar.lz4 is not supported by this server; use .tar, .tgz or .zip",
+            ));
+        }
+        other => {
+            return Ok(bad_request(
+                shared,
+                &format!("unknown output format {other:?}; use .tar, .tgz, .tar.gz or .zip"),
+            ));
+        }
+    };
+    let coer = request.coer.unwrap_or(false);
+    let onob = request.onob.unwrap_or(false);
+    let streaming = request.strm.unwrap_or(false);
+
+    let mut entries = Vec::with_capacity(request.entries.len());
+    let mut stores = Vec::with_capacity(request.entries.len());
+    for (i, entry) in request.entries.into_iter().enumerate() {
+        match validate(i, entry, default_bucket.as_deref(), onob, shared) {
+            Ok((entry, store)) => {
+                entries.push(entry);
+                stores.push(store);
+            }
+            Err(response) => return Ok(response),
+        }
+    }
+
+    if !coer {
+        let checked =
+            tokio::time::timeout_at(context.deadline, first_failure(&entries, &stores)).await;
+        match checked {
+            Err(_) => {
+                return Ok(error(
+                    shared,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "checking the entries took longer than the server's time limit",
+                ));
+            }
+            Ok(Some((status, message))) => return Ok(error(shared, status, &message)),
+            Ok(None) => {}
+        }
+    }
+
+    let fetches = entries
+        .iter()
+        .zip(&stores)
+        .map(|(entry, store)| Fetch {
+            store: store.clone(),
+            // An archived file is cut out of the whole archive object, then ranged.
+            request: Request {
+                key: entry.objname.clone(),
+                range: if entry.archpath.is_some() {
+                    None
+                } else {
+                    entry.range.clone()
+                },
+            },
+        })
+        .collect();
+    let answers = Fetcher::new(
+        fetches,
+        shared.limits.window,
+        !completion_order,
+        context.stats.clone(),
+    );
+    let metadata = (!streaming).then(|| Arc::new(Mutex::new(Vec::with_capacity(entries.len()))));
+    let assemble = MossAssemble {
+        entries,
+        coer,
+        completion_order,
+        max_extract: shared.limits.max_buffered_bytes,
+        metadata: metadata.clone(),
+    };
+    let (writer, compression, content_type, extension) = match output {
+        Output::Tar(Compression::None) => (
+            ArchiveWriter::tar(),
+            Compression::None,
+            "application/x-tar",
+            "tar",
+        ),
+        Output::Tar(c) => (ArchiveWriter::tar(), c, "application/gzip", "tgz"),
+        Output::Zip => (
+            ArchiveWriter::zip(),
+            Compression::None,
+            "application/zip",
+            "zip",
+        ),
+    };
+    let archive = archive_stream(answers, writer, assemble, context);
+    let internal = |e: std::io::Error| {
+        s3s::S3Error::with_message(s3s::S3ErrorCode::InternalError, e.to_string())
+    };
+
+    if streaming {
+        let body = http_body(archive, compression).map_err(internal)?;
+        let mut response = route_response(StatusCode::OK, content_type, body);
+        if completion_order {
+            response
+                .headers
+                .insert(ORDER_HEADER, HeaderValue::from_static("completion"));
+        }
+        return Ok(response);
+    }
+
+    // Multipart: the metadata comes first, so the whole archive is assembled first.
+    let archive = match compression {
+        Compression::None => archive,
+        other => super::archive::Compress::new(archive, other)
+            .map_err(internal)?
+            .boxed(),
+    };
+    let bytes = match collect_limited(archive, shared.limits.max_buffered_bytes).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let status = if e.kind() == std::io::ErrorKind::TimedOut {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            return Ok(error(shared, status, &e.to_string()));
+        }
+    };
+    let out = metadata
+        .map(|m| std::mem::take(&mut *m.lock().unwrap_or_else(PoisonError::into_inner)))
+        .unwrap_or_default();
+    let uuid = shared.request_id();
+    let meta = serde_json::json!({ "uuid": uuid, "out": out }).to_string();
+    let boundary = format!("{uuid}{:016x}", bytes.len());
+    let mut body = Vec::with_capacity(bytes.len() + meta.len() + 512);
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n{meta}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"archive\"; filename=\"batch-{uuid}.{extension}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(&bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let mut response = route_response(StatusCode::OK, "multipart/mixed", Body::from(body));
+    if let Ok(value) = HeaderValue::from_str(&format!("multipart/mixed; boundary={boundary}")) {
+        response.headers.insert(hyper::header::CONTENT_TYPE, value);
+    }
+    Ok(response)
+}
+
+/// Checks one `in` element and resolves its store.
+#[allow(clippy::result_large_err)]
+fn validate(
+    i: usize,
+    entry: MossIn,
+    default_bucket: Option<&str>,
+    onob: bool,
+    shared: &Shared,
+) -> std::result::Result<(Entry, Arc<dyn Store>), S3Response<Body>> {
+    let what = format!("entry {i} ({:?})", entry.objname);
+    if entry.uname.as_deref().is_some_and(|u| !u.is_empty()) {
+        return Err(bad_request(
+            shared,
+            &format!("{what}: \"uname\" is not supported"),
+        ));
+    }
+    let Some(bucket) = entry
+        .bucket
+        .filter(|b| !b.is_empty())
+        .or_else(|| default_bucket.map(str::to_owned))
+    else {
+        return Err(bad_request(
+            shared,
+            &format!("{what} names no bucket (give one in the path or the entry)"),
+        ));
+    };
+    let Some(store) = shared.buckets.get(&bucket).cloned() else {
+        return Err(error(
+            shared,
+            StatusCode::NOT_FOUND,
+            &format!("{what}: no bucket named {bucket:?} on this server"),
+        ));
+    };
+    if let Some(reason) = invalid_key_reason(&entry.objname) {
+        return Err(bad_request(
+            shared,
+            &format!("{what}: invalid object name: {reason}"),
+        ));
+    }
+    let archpath = entry
+        .archpath
+        .filter(|a| !a.is_empty())
+        .map(|a| a.trim_start_matches('/').to_owned());
+    if let Some(reason) = archpath.as_deref().and_then(invalid_key_reason) {
+        return Err(bad_request(
+            shared,
+            &format!("{what}: invalid archpath: {reason}"),
+        ));
+    }
+    let start = entry.start.unwrap_or(0);
+    let length = entry.length.unwrap_or(0);
+    let range = match (start, length) {
+        (s, _) if s < 0 => {
+            return Err(bad_request(
+                shared,
+                &format!("{what}: start {s} is negative"),
+            ));
+        }
+        (_, l) if l < -1 => {
+            return Err(bad_request(
+                shared,
+                &format!("{what}: length {l} must be positive, or -1 for the rest of the object"),
+            ));
+        }
+        (s, 0) if s != 0 => {
+            return Err(bad_request(
+                shared,
+                &format!("{what}: start {s} needs a length (positive, or -1 for the rest)"),
+            ));
+        }
+        (0, 0) | (0, -1) => None,
+        (s, -1) => Some(ByteRange::Offset(s as u64)),
+        (s, l) => match (s as u64).checked_add(l as u64) {
+            Some(end) => Some(ByteRange::Bounded(s as u64..end)),
+            None => {
+                return Err(bad_request(
+                    shared,
+                    &format!("{what}: start + length overflows"),
+                ));
+            }
+        },
+    };
+    let opaque = match entry.opaque.filter(|o| !o.is_empty()) {
+        None => None,
+        Some(o) => match decode_opaque(&o) {
+            Some(_) => Some(o),
+            None => {
+                return Err(bad_request(
+                    shared,
+                    &format!("{what}: \"opaque\" is not base64"),
+                ));
+            }
+        },
+    };
+    let mut name = if onob {
+        entry.objname.clone()
+    } else {
+        format!("{bucket}/{}", entry.objname)
+    };
+    if let Some(archpath) = &archpath {
+        name.push('/');
+        name.push_str(archpath);
+    }
+    Ok((
+        Entry {
+            bucket,
+            provider: entry
+                .provider
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "ais".into()),
+            objname: entry.objname,
+            archpath,
+            opaque,
+            range,
+            name,
+        },
+        store,
+    ))
+}
+
+/// Base64 in either alphabet, padded or not.
+fn decode_opaque(value: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    [STANDARD, URL_SAFE, STANDARD_NO_PAD, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(value).ok())
+}
+
+/// `coer: false`: the first entry that cannot be served, checked before anything is sent.
+async fn first_failure(
+    entries: &[Entry],
+    stores: &[Arc<dyn Store>],
+) -> Option<(StatusCode, String)> {
+    let owned: Vec<(usize, Entry, Arc<dyn Store>)> = entries
+        .iter()
+        .cloned()
+        .zip(stores.iter().cloned())
+        .enumerate()
+        .map(|(i, (e, s))| (i, e, s))
+        .collect();
+    let checks = stream::iter(owned)
+        .map(|(i, entry, store)| async move {
+            let name = format!("{}/{}", entry.bucket, entry.objname);
+            let failure = match store.size(&entry.objname).await {
+                Ok(None) => Some((
+                    StatusCode::NOT_FOUND,
+                    format!("object {name} does not exist"),
+                )),
+                Err(e) => Some((StatusCode::INTERNAL_SERVER_ERROR, format!("{name}: {e}"))),
+                Ok(Some(size)) => match (&entry.range, &entry.archpath) {
+                    (Some(range), None) if size > 0 && range.resolve(size).is_none() => Some((
+                        StatusCode::RANGE_NOT_SATISFIABLE,
+                        format!("range {range} of {name} starts past its end ({size} bytes)"),
+                    )),
+                    _ => None,
+                },
+            };
+            (i, failure)
+        })
+        .buffer_unordered(PRECHECK_CONCURRENCY)
+        .boxed()
+        .collect::<Vec<_>>()
+        .await;
+    checks
+        .into_iter()
+        .filter_map(|(i, failure)| failure.map(|f| (i, f)))
+        .min_by_key(|(i, _)| *i)
+        .map(|(_, failure)| failure)
+}
+
+struct MossAssemble {
+    entries: Vec<Entry>,
+    coer: bool,
+    completion_order: bool,
+    max_extract: u64,
+    metadata: Option<Arc<Mutex<Vec<MossOut>>>>,
+}
+
+impl MossAssemble {
+    fn record(&self, entry: &Entry, size: u64, err_msg: Option<String>) {
+        if let Some(metadata) = &self.metadata {
+            metadata
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(MossOut {
+                    objname: entry.objname.clone(),
+                    archpath: entry.archpath.clone(),
+                    bucket: entry.bucket.clone(),
+                    provider: entry.provider.clone(),
+                    err_msg,
+                    opaque: entry.opaque.clone(),
+                    size,
+                });
+        }
+    }
+}
+
+fn status_of(error: &Error) -> StatusCode {
+    match error {
+        Error::InvalidRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+        Error::InvalidKey { .. } => StatusCode::BAD_REQUEST,
+        Error::NotSupported { .. } => StatusCode::NOT_IMPLEMENTED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl Assemble for MossAssemble {
+    fn member(
+        &mut self,
+        index: usize,
+        result: Result<Option<Bytes>>,
+    ) -> std::result::Result<Option<Member>, String> {
+        let Some(entry) = self.entries.get(index).cloned() else {
+            return Err(format!("internal: answer for unknown entry {index}"));
+        };
+        // An archived file: cut it out of the archive object, then apply the range.
+        let result = match (&entry.archpath, result) {
+            (Some(archpath), Ok(Some(archive))) => {
+                extract(&entry.objname, &archive, archpath, self.max_extract).and_then(|file| {
+                    match file {
+                        None => Ok(None),
+                        Some(file) => slice_object(
+                            &format!("{}/{archpath}", entry.objname),
+                            &file,
+                            entry.range.clone(),
+                        )
+                        .map(Some),
+                    }
+                })
+            }
+            (_, result) => result,
+        };
+        let mut pax = Vec::new();
+        if self.completion_order {
+            pax.push((PAX_INDEX, index.to_string()));
+        }
+        let (status, message) = match result {
+            Ok(Some(data)) => {
+                self.record(&entry, data.len() as u64, None);
+                return Ok(Some(Member {
+                    name: entry.name,
+                    data,
+                    pax,
+                }));
+            }
+            Ok(None) => (
+                StatusCode::NOT_FOUND,
+                match &entry.archpath {
+                    Some(archpath) => format!(
+                        "{}/{}: no file {archpath:?} in the archive (or no such object)",
+                        entry.bucket, entry.objname
+                    ),
+                    None => format!("object {}/{} does not exist", entry.bucket, entry.objname),
+                },
+            ),
+            Err(e) => (status_of(&e), e.to_string()),
+        };
+        if !self.coer {
+            return Err(format!("{message}; the batch is cut (coer is false)"));
+        }
+        self.record(&entry, 0, Some(message.clone()));
+        pax.push((PAX_STATUS, status.as_u16().to_string()));
+        pax.push((PAX_ERROR, message));
+        Ok(Some(Member {
+            name: format!("{MISSING_DIR}/{}", entry.name),
+            data: Bytes::new(),
+            pax,
+        }))
+    }
+
+    fn last(&mut self) -> Vec<Member> {
+        Vec::new()
+    }
+}
+
+/// The file at `archpath` inside the archive object `objname` (tar, tgz/tar.gz or zip, by
+/// the object's extension), or `None` if the archive has no such file.
+fn extract(objname: &str, archive: &Bytes, archpath: &str, limit: u64) -> Result<Option<Bytes>> {
+    let invalid = |reason: String| Error::InvalidData {
+        key: objname.to_string(),
+        reason,
+    };
+    let lower = objname.to_ascii_lowercase();
+    if lower.ends_with(".zip") {
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(archive.as_ref()))
+            .map_err(|e| invalid(format!("not a zip archive: {e}")))?;
+        let file = match zip.by_name(archpath) {
+            Ok(file) => file,
+            Err(zip::result::ZipError::FileNotFound) => return Ok(None),
+            Err(e) => return Err(invalid(format!("reading {archpath:?}: {e}"))),
+        };
+        if file.size() > limit {
+            return Err(invalid(format!(
+                "{archpath:?} is {} bytes, over the server's limit of {limit}",
+                file.size()
+            )));
+        }
+        let mut out = Vec::with_capacity(file.size() as usize);
+        file.take(limit)
+            .read_to_end(&mut out)
+            .map_err(|e| invalid(format!("reading {archpath:?}: {e}")))?;
+        return Ok(Some(Bytes::from(out)));
+    }
+    let reader: Box<dyn Read> = if lower.ends_with(".tar") {
+        Box::new(archive.as_ref())
+    } else if lower.ends_with(".tgz") || lower.ends_with(".tar.gz") {
+        Box::new(flate2::read::GzDecoder::new(archive.as_ref()))
+    } else if lower.ends_with(".tar.lz4") {
+        return Err(Error::NotSupported {
+            store: "getmany server",
+            operation: format!("archpath in {objname:?}: .tar.lz4 archives"),
+        });
+    } else {
+        return Err(invalid(
+            "archpath needs an archive object named .tar, .tgz, .tar.gz or .zip".into(),
+        ));
+    };
+    let mut tar = tar::Archive::new(reader);
+    let entries = tar
+        .entries()
+        .map_err(|e| invalid(format!("not a tar archive: {e}")))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| invalid(format!("corrupt tar archive: {e}")))?;
+        let path = entry
+            .path()
+            .map_err(|e| invalid(format!("corrupt tar member name: {e}")))?;
+        let name = path.to_string_lossy();
+        if name.trim_start_matches("./") != archpath {
+            continue;
+        }
+        let size = entry.size();
+        if size > limit {
+            return Err(invalid(format!(
+                "{archpath:?} is {size} bytes, over the server's limit of {limit}"
+            )));
+        }
+        let mut out = Vec::with_capacity(size as usize);
+        entry
+            .take(limit)
+            .read_to_end(&mut out)
+            .map_err(|e| invalid(format!("reading {archpath:?}: {e}")))?;
+        return Ok(Some(Bytes::from(out)));
+    }
+    Ok(None)
+}

@@ -1,0 +1,406 @@
+//! Writing a bundle's response body: tar or zip members, then optional gzip/zstd compression
+//! of the whole body, produced chunk by chunk as members arrive.
+
+use std::io::Write;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::stream::Stream;
+
+// The server's own PAX records (vendor records, ignored by other readers).
+
+/// PAX record: the request index a member answers (completion-order bundles).
+pub const PAX_INDEX: &str = "GETMANY.index";
+/// PAX record: the HTTP status of a failed entry's placeholder (404, 416, 500, ...).
+pub const PAX_STATUS: &str = "GETMANY.status";
+/// PAX record: why an entry failed.
+pub const PAX_ERROR: &str = "GETMANY.error";
+
+const BLOCK: usize = 512;
+
+/// A member to write: its name, its bytes and extra PAX records.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: String,
+    pub data: Bytes,
+    pub pax: Vec<(&'static str, String)>,
+}
+
+/// How members are laid out in the body.
+pub enum ArchiveWriter {
+    /// POSIX tar (ustar headers, PAX records for long names and metadata).
+    Tar,
+    /// A zip archive with stored (uncompressed) members and data descriptors.
+    Zip(Box<ZipState>),
+}
+
+/// The state of a streaming zip writer: the zip crate writes into a shared buffer that is
+/// drained after every member.
+pub struct ZipState {
+    writer: Option<zip::ZipWriter<zip::write::StreamWriter<SharedBuf>>>,
+    buf: SharedBuf,
+}
+
+#[derive(Clone, Default)]
+struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuf {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ArchiveWriter {
+    /// A tar writer.
+    pub fn tar() -> Self {
+        ArchiveWriter::Tar
+    }
+
+    /// A zip writer.
+    pub fn zip() -> Self {
+        let buf = SharedBuf::default();
+        let writer = zip::ZipWriter::new_stream(buf.clone());
+        ArchiveWriter::Zip(Box::new(ZipState {
+            writer: Some(writer),
+            buf,
+        }))
+    }
+
+    /// The chunks that write `member`. Tar chunks share the member's buffer (no copy).
+    pub fn member(&mut self, member: Member) -> std::io::Result<Vec<Bytes>> {
+        match self {
+            ArchiveWriter::Tar => Ok(tar_member(member)),
+            ArchiveWriter::Zip(state) => {
+                let Some(writer) = state.writer.as_mut() else {
+                    return Err(std::io::Error::other("zip archive already finished"));
+                };
+                let options = zip::write::SimpleFileOptions::default()
+                    .compression_method(zip::CompressionMethod::Stored)
+                    .large_file(member.data.len() as u64 >= u64::from(u32::MAX));
+                writer
+                    .start_file(member.name.as_str(), options)
+                    .map_err(std::io::Error::other)?;
+                writer.write_all(&member.data)?;
+                Ok(vec![Bytes::from(state.buf.take())])
+            }
+        }
+    }
+
+    /// The chunks that end the archive.
+    pub fn finish(&mut self) -> std::io::Result<Vec<Bytes>> {
+        match self {
+            ArchiveWriter::Tar => Ok(vec![Bytes::from_static(&[0u8; 2 * BLOCK])]),
+            ArchiveWriter::Zip(state) => {
+                let Some(writer) = state.writer.take() else {
+                    return Ok(Vec::new());
+                };
+                writer.finish().map_err(std::io::Error::other)?;
+                Ok(vec![Bytes::from(state.buf.take())])
+            }
+        }
+    }
+}
+
+/// One PAX record, `"<len> <key>=<value>\n"`, where `<len>` counts the whole record.
+fn pax_record(key: &str, value: &str) -> Vec<u8> {
+    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = body + 1;
+    // The length counts its own digits.
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    format!("{len} {key}={value}\n").into_bytes()
+}
+
+fn header(name: &[u8], size: u64, kind: tar::EntryType) -> tar::Header {
+    let mut header = tar::Header::new_ustar();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_entry_type(kind);
+    if let Some(ustar) = header.as_ustar_mut() {
+        let n = name.len().min(ustar.name.len());
+        ustar.name[..n].copy_from_slice(&name[..n]);
+    }
+    header.set_cksum();
+    header
+}
+
+fn padding(len: u64) -> Option<Bytes> {
+    let rem = (len % BLOCK as u64) as usize;
+    (rem != 0).then(|| Bytes::from(vec![0u8; BLOCK - rem]))
+}
+
+/// The chunks of one tar member: a PAX header when the name does not fit the 100-byte name
+/// field or there are records to carry, the ustar header, the data, the padding.
+fn tar_member(member: Member) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(4);
+    let name = member.name.as_bytes();
+    let long = name.len() > 100;
+    if long || !member.pax.is_empty() {
+        let mut records = Vec::new();
+        if long {
+            records.extend(pax_record("path", &member.name));
+        }
+        for (key, value) in &member.pax {
+            records.extend(pax_record(key, value));
+        }
+        let pax_name = b"././@PaxHeader";
+        let mut block = header(pax_name, records.len() as u64, tar::EntryType::XHeader)
+            .as_bytes()
+            .to_vec();
+        let len = records.len() as u64;
+        block.extend(records);
+        if let Some(pad) = padding(len) {
+            block.extend_from_slice(&pad);
+        }
+        out.push(Bytes::from(block));
+    }
+    // A long name is cut to fit; readers take the PAX path instead. Cut on a character
+    // boundary so the field stays valid UTF-8.
+    let mut cut = name.len().min(100);
+    while !member.name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let size = member.data.len() as u64;
+    out.push(Bytes::copy_from_slice(
+        header(&name[..cut], size, tar::EntryType::Regular).as_bytes(),
+    ));
+    if size > 0 {
+        out.push(member.data);
+    }
+    if let Some(pad) = padding(size) {
+        out.push(pad);
+    }
+    out
+}
+
+/// Body compression (applied to the whole body, without a `Content-Encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// None.
+    None,
+    /// gzip.
+    Gzip,
+    /// zstd.
+    Zstd,
+}
+
+enum Encoder {
+    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
+}
+
+impl Encoder {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Encoder::Gzip(e) => e.write_all(data),
+            Encoder::Zstd(e) => e.write_all(data),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Encoder::Gzip(e) => e.flush(),
+            Encoder::Zstd(e) => e.flush(),
+        }
+    }
+
+    /// Compressed bytes produced and not yet taken.
+    fn pending(&self) -> usize {
+        match self {
+            Encoder::Gzip(e) => e.get_ref().len(),
+            Encoder::Zstd(e) => e.get_ref().len(),
+        }
+    }
+
+    fn take(&mut self) -> Vec<u8> {
+        match self {
+            Encoder::Gzip(e) => std::mem::take(e.get_mut()),
+            Encoder::Zstd(e) => std::mem::take(e.get_mut()),
+        }
+    }
+
+    fn finish(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Encoder::Gzip(e) => e.finish(),
+            Encoder::Zstd(e) => e.finish(),
+        }
+    }
+}
+
+/// Emit compressed output once this much has accumulated.
+const COMPRESSED_CHUNK: usize = 64 * 1024;
+
+/// Compresses a body stream. Whenever the source has nothing ready (it waits for an object),
+/// what was written so far is flushed (a sync flush), so a compressed member never waits in
+/// the encoder for the next one.
+pub struct Compress<S> {
+    source: S,
+    encoder: Option<Encoder>,
+    unflushed: bool,
+}
+
+impl<S> Compress<S> {
+    /// Compresses `source` with `compression` (which must not be `None`).
+    pub fn new(source: S, compression: Compression) -> std::io::Result<Self> {
+        let encoder = match compression {
+            Compression::Gzip => Some(Encoder::Gzip(flate2::write::GzEncoder::new(
+                Vec::new(),
+                flate2::Compression::fast(),
+            ))),
+            Compression::Zstd => Some(Encoder::Zstd(zstd::stream::write::Encoder::new(
+                Vec::new(),
+                3,
+            )?)),
+            Compression::None => None,
+        };
+        Ok(Compress {
+            source,
+            encoder,
+            unflushed: false,
+        })
+    }
+}
+
+impl<S, E> Stream for Compress<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: From<std::io::Error>,
+{
+    type Item = Result<Bytes, E>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            let Some(encoder) = this.encoder.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(&mut this.source).poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if let Err(e) = encoder.write(&chunk) {
+                        this.encoder = None;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    this.unflushed = true;
+                    if encoder.pending() >= COMPRESSED_CHUNK {
+                        return Poll::Ready(Some(Ok(Bytes::from(encoder.take()))));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.encoder = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => {
+                    let Some(encoder) = this.encoder.take() else {
+                        return Poll::Ready(None);
+                    };
+                    return match encoder.finish() {
+                        Ok(out) => Poll::Ready(Some(Ok(Bytes::from(out)))),
+                        Err(e) => Poll::Ready(Some(Err(e.into()))),
+                    };
+                }
+                Poll::Pending => {
+                    if this.unflushed {
+                        this.unflushed = false;
+                        if let Err(e) = encoder.flush() {
+                            this.encoder = None;
+                            return Poll::Ready(Some(Err(e.into())));
+                        }
+                        let out = encoder.take();
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Bytes::from(out))));
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn pax_record_length_counts_itself() {
+        let r = pax_record("path", "a");
+        assert_eq!(r, b"9 path=a\n");
+        let long = "x".repeat(95);
+        let r = String::from_utf8(pax_record("path", &long)).unwrap();
+        assert_eq!(r.len().to_string(), r.split(' ').next().unwrap());
+    }
+
+    #[test]
+    fn tar_members_read_back_with_the_tar_crate() {
+        let mut w = ArchiveWriter::tar();
+        let long_name = format!("{}/end", "d".repeat(150));
+        let mut body = Vec::new();
+        for (name, data, pax) in [
+            ("a/b", Bytes::from_static(b"hello"), vec![]),
+            (long_name.as_str(), Bytes::from(vec![7u8; 1000]), vec![]),
+            (
+                "__404__/b/x",
+                Bytes::new(),
+                vec![(PAX_STATUS, "404".to_string())],
+            ),
+        ] {
+            for chunk in w
+                .member(Member {
+                    name: name.to_string(),
+                    data,
+                    pax,
+                })
+                .unwrap()
+            {
+                body.extend_from_slice(&chunk);
+            }
+        }
+        for chunk in w.finish().unwrap() {
+            body.extend_from_slice(&chunk);
+        }
+        let mut archive = tar::Archive::new(&body[..]);
+        let mut seen = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            let status = entry
+                .pax_extensions()
+                .unwrap()
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .find(|e| e.key() == Ok(PAX_STATUS))
+                .map(|e| e.value().unwrap().to_string());
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            seen.push((name, data.len(), status));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                ("a/b".to_string(), 5, None),
+                (long_name, 1000, None),
+                ("__404__/b/x".to_string(), 0, Some("404".to_string())),
+            ]
+        );
+    }
+}
