@@ -35,6 +35,8 @@
 //! * `object-store` (default): [`ObjectStoreStore`] over any `object_store` backend.
 //! * `aws`: `object_store`'s S3 backend.
 //! * `testing`: the public conformance suite, [`testing`], for your own stores.
+//! * `archive`: [`ArchiveStore`], tar and zip archives used as shards, read by byte ranges
+//!   of any inner store.
 #![warn(missing_docs)]
 
 mod error;
@@ -52,6 +54,9 @@ mod object_store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+#[cfg(feature = "archive")]
+pub mod archive;
+
 #[cfg(feature = "s3-server")]
 pub mod s3_server;
 
@@ -62,9 +67,12 @@ pub use limit::IoBudget;
 pub use memory::MemoryStore;
 pub use request::{ByteRange, Request};
 pub use store::{
-    GetManyItem, GetManyStream, ListDir, ListableStore, Store, WritableStore, get_many_concurrent,
-    slice_object,
+    GetManyItem, GetManyStream, ListDir, ListableStore, ObjectMeta, Store, WritableStore,
+    get_many_concurrent, slice_object,
 };
 
 #[cfg(feature = "object-store")]
 pub use crate::object_store::ObjectStoreStore;
+
+#[cfg(feature = "archive")]
+pub use archive::ArchiveStore;
