@@ -12,8 +12,13 @@ use getmany::archive::{ArchiveStore, zip};
 use getmany::{ByteRange, ObjectStoreStore, Request, Store};
 use sha2::{Digest, Sha256};
 
+/// The committed fixtures, or a freshly generated set (CI sets `GETMANY_ARCHIVE_FIXTURES`
+/// to the output of `make_fixtures.py --out DIR`).
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/archive")
+    match std::env::var_os("GETMANY_ARCHIVE_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/archive"),
+    }
 }
 
 struct Expected {

@@ -1,9 +1,11 @@
 //! `getmany`: the crate's command-line tool.
 //!
 //! `getmany bench` runs the coalescing benchmark on an embedded S3 server behind a latency
-//! model and prints a table per scenario.
+//! model and prints a table per scenario; `getmany bench-archive` reads members of zip
+//! shards through `ArchiveStore` against downloading the archives.
 
 mod bench;
+mod bench_archive;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +20,8 @@ struct Cli {
 enum Command {
     /// Compare read strategies on an embedded S3 server behind a latency model.
     Bench(bench::BenchArgs),
+    /// Read members of zip shards through ArchiveStore against downloading the archives.
+    BenchArchive(bench_archive::BenchArchiveArgs),
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,5 +31,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     match cli.command {
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::BenchArchive(args) => runtime.block_on(bench_archive::run(args)),
     }
 }
