@@ -195,16 +195,13 @@ impl ObjectStoreStore {
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => match range {
-                Some(range) => Ok(self
-                    .recover(key, &path, range, e)
-                    .await?
-                    .map(|fetched| {
-                        let meta = ObjectMeta {
-                            size: fetched.object_size,
-                            version: None,
-                        };
-                        (fetched, meta)
-                    })),
+                Some(range) => Ok(self.recover(key, &path, range, e).await?.map(|fetched| {
+                    let meta = ObjectMeta {
+                        size: fetched.object_size,
+                        version: None,
+                    };
+                    (fetched, meta)
+                })),
                 None => Err(backend(key, e)),
             },
         }

@@ -60,7 +60,9 @@ fn tar_header(tar: &[u8], n: usize) -> usize {
     let mut at = 0;
     for _ in 0..n {
         let size = usize::from_str_radix(
-            std::str::from_utf8(&tar[at + 124..at + 135]).unwrap().trim(),
+            std::str::from_utf8(&tar[at + 124..at + 135])
+                .unwrap()
+                .trim(),
             8,
         )
         .unwrap();
@@ -109,7 +111,11 @@ impl Fixture {
             .iter()
             .map(|n| Request::whole(format!("{archive}/{n}")))
             .collect();
-        requests.extend(names.iter().map(|n| Request::whole(format!("good.tar/{n}"))));
+        requests.extend(
+            names
+                .iter()
+                .map(|n| Request::whole(format!("good.tar/{n}"))),
+        );
         let mut out: Vec<(String, Result<Option<Bytes>>)> = Vec::new();
         let answers: Vec<_> = self.store.get_many(requests.clone()).collect().await;
         assert_eq!(answers.len(), 8, "every request answered");
@@ -283,15 +289,17 @@ async fn zip_bombs_stop_at_the_declared_size_and_the_cap() {
         },
         ..ArchiveConfig::default()
     };
-    let f = Fixture::new(
-        config,
-        vec![("honest.zip", honest), ("lying.zip", lying)],
-    )
-    .await;
+    let f = Fixture::new(config, vec![("honest.zip", honest), ("lying.zip", lying)]).await;
     let got = f.read("honest.zip").await;
-    invalid(&got[0].1, &["\"a\"", "20971520", "over the limit of 8388608"]);
+    invalid(
+        &got[0].1,
+        &["\"a\"", "20971520", "over the limit of 8388608"],
+    );
     let got = f.read("lying.zip").await;
-    invalid(&got[0].1, &["\"a\"", "inflates past its declared size of 1000"]);
+    invalid(
+        &got[0].1,
+        &["\"a\"", "inflates past its declared size of 1000"],
+    );
     // Under a cap that allows it, the honest member reads in full.
     let f = Fixture::new(
         ArchiveConfig::default(),

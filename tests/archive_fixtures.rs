@@ -97,7 +97,12 @@ async fn every_fixture_reads_as_python_reads_it() {
     }
     for (r, (size, sha)) in requests.iter().zip(&want) {
         let got = store.get(&r.key, None).await.unwrap().unwrap();
-        assert_eq!((got.len() as u64, sha256(&got)), (*size, sha.clone()), "{}", r.key);
+        assert_eq!(
+            (got.len() as u64, sha256(&got)),
+            (*size, sha.clone()),
+            "{}",
+            r.key
+        );
         assert_eq!(store.size(&r.key).await.unwrap(), Some(*size), "{}", r.key);
     }
 }
@@ -137,7 +142,10 @@ async fn ranges_of_members_are_slices_of_the_whole() {
                     .get(&key, Some(ByteRange::Offset(size)))
                     .await
                     .unwrap_err();
-                assert!(matches!(past, getmany::Error::InvalidRange { .. }), "{past}");
+                assert!(
+                    matches!(past, getmany::Error::InvalidRange { .. }),
+                    "{past}"
+                );
             }
         }
     }
@@ -147,7 +155,11 @@ async fn ranges_of_members_are_slices_of_the_whole() {
 async fn rules_for_names() {
     let store = store();
     // The later of two members with one name wins, as in Python (tar and zip).
-    let dup = store.get("py_gnu.tar/dup.txt", None).await.unwrap().unwrap();
+    let dup = store
+        .get("py_gnu.tar/dup.txt", None)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&dup[..], b"second copy wins\n");
     let dup = store
         .get("py_deflated.zip/hello.txt", None)
@@ -188,7 +200,14 @@ async fn rules_for_names() {
             .unwrap()
             .len()
     );
-    assert_eq!(store.get("expected.json", Some((0..1).into())).await.unwrap().unwrap(), "{");
+    assert_eq!(
+        store
+            .get("expected.json", Some((0..1).into()))
+            .await
+            .unwrap()
+            .unwrap(),
+        "{"
+    );
 }
 
 #[test]
@@ -212,7 +231,12 @@ async fn a_bound_store_reads_member_paths() {
     assert_eq!(answers.len(), 80);
     for (i, got) in answers {
         let got = got.unwrap().unwrap();
-        assert_eq!(sha256(&got), members[&requests[i].key].1, "{}", requests[i].key);
+        assert_eq!(
+            sha256(&got),
+            members[&requests[i].key].1,
+            "{}",
+            requests[i].key
+        );
     }
     let cls = store.get("sample000003.cls", None).await.unwrap().unwrap();
     assert_eq!(&cls[..], b"3");

@@ -9,7 +9,6 @@ use std::io::Write;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use object_store::ObjectStoreExt;
 use getmany::archive::{ArchiveIndex, ArchiveKind, ArchiveStore};
 use getmany::testing::{Conformance, Fault, FaultInjector, InjectedFault, fixture};
 use getmany::wrap::Prefix;
@@ -17,6 +16,7 @@ use getmany::{
     ByteRange, Error, GetManyStream, IoBudget, ObjectMeta, ObjectStoreStore, Request, Store,
     get_many_concurrent,
 };
+use object_store::ObjectStoreExt;
 
 use common::s3::S3TestServer;
 
@@ -85,8 +85,8 @@ async fn conformance_with_faults_on_member_reads() {
     server.put("shards/conformance.tar", &tar).await;
 
     for archive in ["shards/conformance.zip", "shards/conformance.tar"] {
-        let plain = ArchiveStore::bound(ObjectStoreStore::new(server.client()), archive, None)
-            .unwrap();
+        let plain =
+            ArchiveStore::bound(ObjectStoreStore::new(server.client()), archive, None).unwrap();
         let index = plain.index(archive).await.unwrap().unwrap();
         let faults = FaultInjector::new();
         let inner = MemberFaults::new(
@@ -109,6 +109,9 @@ async fn conformance_with_faults_on_member_reads() {
         report.assert_passed();
     }
 }
+
+/// A span of a member as the fault rules see it: start and optional end.
+type Span = Option<(u64, Option<u64>)>;
 
 /// Injects the suite's faults, which name member keys, into the archive reads that serve
 /// those members: a read of the archive belongs to the member whose record (header and
@@ -151,14 +154,14 @@ impl<S> MemberFaults<S> {
     }
 
     /// The member a read of `range` of the archive serves, and its span in that member.
-    fn owner(&self, range: &Option<ByteRange>) -> Option<(&str, Option<(u64, Option<u64>)>)> {
+    fn owner(&self, range: &Option<ByteRange>) -> Option<(&str, Span)> {
         let (start, end) = match range {
             Some(ByteRange::Bounded(r)) => (r.start, r.end),
             _ => return None,
         };
         let i = self.layout.partition_point(|(record, ..)| *record <= start);
         let (_, data, data_end, key) = self.layout.get(i.checked_sub(1)?)?;
-        if start >= (*data_end).max(*data) + 1 {
+        if start > (*data_end).max(*data) {
             return None;
         }
         let from = start.max(*data) - data;
@@ -330,7 +333,10 @@ async fn sidecar_index_is_used_while_valid_and_rebuilt_when_stale() {
 
     let writer = ArchiveStore::new(ObjectStoreStore::new(server.client())).with_sidecar_writes();
     let built = writer.index(key).await.unwrap().unwrap();
-    assert!(built.archive_version.is_some(), "the S3 server reports an ETag");
+    assert!(
+        built.archive_version.is_some(),
+        "the S3 server reports an ETag"
+    );
     assert!(server.client().head(&sidecar.as_str().into()).await.is_ok());
 
     server.reset_counts();
@@ -374,12 +380,7 @@ async fn tar_indexing_skips_member_data() {
     let server = S3TestServer::start().await;
     // 20 members of 1 MiB: one 64 KiB read per header, not 20 MiB.
     let big: Vec<(String, Bytes)> = (0..20)
-        .map(|i| {
-            (
-                format!("big/{i}"),
-                getmany::testing::pattern(i, 1 << 20),
-            )
-        })
+        .map(|i| (format!("big/{i}"), getmany::testing::pattern(i, 1 << 20)))
         .collect();
     server.put("big.tar", &tar_of(&big)).await;
     let mut store = ArchiveStore::new(ObjectStoreStore::new(server.client()));
@@ -419,12 +420,8 @@ async fn damaged_members_fail_alone_over_s3() {
         .map(|i| (format!("f/{i:02}"), getmany::testing::pattern(i, 5_000)))
         .collect();
     let mut zip = zip_of(&members, |i| i % 2 == 0);
-    let plain = ArchiveStore::bound(
-        getmany::MemoryStore::new(),
-        "x.zip",
-        Some(ArchiveKind::Zip),
-    )
-    .unwrap();
+    let plain =
+        ArchiveStore::bound(getmany::MemoryStore::new(), "x.zip", Some(ArchiveKind::Zip)).unwrap();
     plain.inner().insert("x.zip", zip.clone());
     let index = plain.index("x.zip").await.unwrap().unwrap();
     // Member 10 (deflated): flip a byte of its data -> bad deflate data or CRC mismatch.
@@ -454,7 +451,9 @@ async fn damaged_members_fail_alone_over_s3() {
         }
     }
     // A server failure on the archive fails the members read from it, and nothing else.
-    server.put("ok.zip", &zip_of(&members[..5], |_| false)).await;
+    server
+        .put("ok.zip", &zip_of(&members[..5], |_| false))
+        .await;
     store.index("ok.zip").await.unwrap();
     store.index("x.zip").await.unwrap();
     server.fail_key("x.zip", 500);

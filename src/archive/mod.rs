@@ -145,10 +145,13 @@ fn write_sidecar<'a, S: WritableStore>(
 /// * zip: a suffix read of [`ArchiveConfig::zip_tail_read`] bytes finds the end records and
 ///   usually the central directory; a second read fetches a larger central directory.
 ///   At most two reads.
-/// * tar: the headers are walked with reads of the archive, skipping member data: about one
-///   read per member larger than the read-ahead, and about `size / read-ahead` reads
-///   (doubling up to [`ArchiveConfig::tar_max_read_ahead`]) through runs of small members.
-///   The reads are sequential, one round trip each: persist the index in a sidecar.
+/// * tar: the headers are walked with reads of the archive, skipping member data. A read
+///   starts at [`ArchiveConfig::tar_read_ahead`] (64 KiB) and doubles, up to
+///   [`ArchiveConfig::tar_max_read_ahead`] (8 MiB), while the data skipped between headers
+///   is shorter than the read: an archive of N members of size s costs about one read of
+///   64 KiB per member when s is large (N reads, N x 64 KiB), and about
+///   `log2(8 MiB / 64 KiB) + size / 8 MiB` reads of the whole archive when members are
+///   small. The reads are sequential, one round trip each: persist the index in a sidecar.
 /// * sidecar: `<archive>.gmindex.json`, read in parallel with the archive's first read
 ///   and used when it records the archive's current size and version (ETag or object
 ///   version, as [`Store::get_with_meta`] reports them; size alone on stores that report no
@@ -495,9 +498,11 @@ impl<S: Store> ArchiveStore<S> {
             if offset >= size {
                 break;
             }
-            // Through a run of small members, read more at a time; after a skip over a
-            // large member, start small again.
-            read_len = if offset <= window_end {
+            // Through a run of small members (the data skipped to reach the next header is
+            // shorter than a read), read twice as much each time; after a longer skip, start
+            // small again. Reading through is cheaper than another round trip while the
+            // skipped bytes take less time to transfer than a round trip.
+            read_len = if offset.saturating_sub(window_end) < read_len {
                 (read_len * 2).min(self.config.tar_max_read_ahead.max(base))
             } else {
                 base
@@ -541,15 +546,14 @@ impl<S: Store> ArchiveStore<S> {
             }
         }
         let limit = self.inner.io_budget().limit();
-        let indexes: HashMap<String, Result<Option<Arc<ArchiveIndex>>>> =
-            stream::iter(archives)
-                .map(|(archive, kind)| async move {
-                    let index = self.cached_index(&archive, kind).await;
-                    (archive, index)
-                })
-                .buffer_unordered(limit)
-                .collect()
-                .await;
+        let indexes: HashMap<String, Result<Option<Arc<ArchiveIndex>>>> = stream::iter(archives)
+            .map(|(archive, kind)| async move {
+                let index = self.cached_index(&archive, kind).await;
+                (archive, index)
+            })
+            .buffer_unordered(limit)
+            .collect()
+            .await;
 
         let mut plan = BatchPlan::default();
         for (i, (request, route)) in requests.into_iter().zip(routes).enumerate() {
@@ -572,7 +576,10 @@ impl<S: Store> ArchiveStore<S> {
                 continue;
             }
             if kind == ArchiveKind::TarGz {
-                plan.targz.entry(archive).or_default().push((i, request, path));
+                plan.targz
+                    .entry(archive)
+                    .or_default()
+                    .push((i, request, path));
                 continue;
             }
             let index = match indexes.get(&archive) {
@@ -753,7 +760,12 @@ impl<S: Store> ArchiveStore<S> {
         let whole = self.inner.get(&archive, None).await;
         let bytes = match whole {
             Ok(Some(bytes)) => bytes,
-            Ok(None) => return requests.into_iter().map(|(i, _, _)| (i, Ok(None))).collect(),
+            Ok(None) => {
+                return requests
+                    .into_iter()
+                    .map(|(i, _, _)| (i, Ok(None)))
+                    .collect();
+            }
             Err(e) => {
                 return requests
                     .into_iter()
@@ -921,7 +933,11 @@ impl<S: Store> Store for ArchiveStore<S> {
     ) -> Result<Option<(Bytes, ObjectMeta)>> {
         match self.route(key) {
             Route::Inner => self.inner.get_with_meta(key, range).await,
-            Route::Member { archive, kind, path } => {
+            Route::Member {
+                archive,
+                kind,
+                path,
+            } => {
                 let Some(bytes) = self.get(key, range.clone()).await? else {
                     return Ok(None);
                 };
@@ -950,7 +966,11 @@ impl<S: Store> Store for ArchiveStore<S> {
                 kind: ArchiveKind::TarGz,
                 ..
             } => Ok(self.get(key, None).await?.map(|b| b.len() as u64)),
-            Route::Member { archive, kind, path } => {
+            Route::Member {
+                archive,
+                kind,
+                path,
+            } => {
                 let Some(index) = self
                     .cached_index(&archive, kind)
                     .await

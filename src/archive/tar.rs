@@ -135,7 +135,10 @@ impl TarScanner {
             let is_regular = matches!(typeflag, b'0' | 0 | b'7');
             if is_regular {
                 if let Some(v) = self.pax.get("size").or_else(|| self.global_pax.get("size")) {
-                    match std::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok()) {
+                    match std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                    {
                         Some(n) => size = n,
                         None => {
                             return self.stop(format!(
@@ -519,7 +522,9 @@ fn skip_to<R: Read>(
     scratch: &mut [u8],
     offset: u64,
 ) -> Result<(), String> {
-    let in_window = offset.saturating_sub(*window_offset).min(window.len() as u64) as usize;
+    let in_window = offset
+        .saturating_sub(*window_offset)
+        .min(window.len() as u64) as usize;
     window.drain(..in_window);
     *window_offset += in_window as u64;
     while *window_offset < offset {
@@ -632,7 +637,10 @@ mod tests {
         let index = index_tar(&tar, ArchiveLimits::default());
         assert!(index.get("a").is_some());
         let damage = index.damage.unwrap();
-        assert!(damage.contains("byte 1024") && damage.contains("checksum"), "{damage}");
+        assert!(
+            damage.contains("byte 1024") && damage.contains("checksum"),
+            "{damage}"
+        );
 
         let tar = archive(&[("a", b"x"), ("b", &[1u8; 2000])]);
         let index = index_tar(&tar[..1700], ArchiveLimits::default());
@@ -650,7 +658,10 @@ mod tests {
         b256[11] = 1;
         b256[10] = 2;
         assert_eq!(parse_number(&b256), Some(513));
-        assert_eq!(parse_number(&[0x80, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(
+            parse_number(&[0x80, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            None
+        );
     }
 
     #[test]

@@ -64,7 +64,11 @@ impl ZipTail {
 
 /// Finds the end records in `tail`, the last `tail.len()` bytes of an archive of
 /// `archive_size` bytes.
-pub fn parse_tail(tail: &[u8], archive_size: u64, limits: &ArchiveLimits) -> Result<ZipTail, String> {
+pub fn parse_tail(
+    tail: &[u8],
+    archive_size: u64,
+    limits: &ArchiveLimits,
+) -> Result<ZipTail, String> {
     if tail.len() as u64 > archive_size {
         return Err("the tail is longer than the archive".into());
     }
@@ -102,7 +106,8 @@ pub fn parse_tail(tail: &[u8], archive_size: u64, limits: &ArchiveLimits) -> Res
     let mut end_records = eocd_abs;
     // Zip64: the locator sits right before the EOCD; the zip64 EOCD record right before the
     // locator (where zipfile looks for it).
-    if eocd >= ZIP64_LOCATOR_LEN && u32_at(tail, eocd - ZIP64_LOCATOR_LEN) == Some(ZIP64_LOCATOR_SIG)
+    if eocd >= ZIP64_LOCATOR_LEN
+        && u32_at(tail, eocd - ZIP64_LOCATOR_LEN) == Some(ZIP64_LOCATOR_SIG)
     {
         let locator = eocd - ZIP64_LOCATOR_LEN;
         let disks = u32_at(tail, locator + 16).unwrap_or(0);
@@ -194,9 +199,9 @@ pub fn parse_central_directory(
                 return Err(format!("member {name:?}: corrupt extra field"));
             };
             if id == 1 {
-                let mut fields = data.chunks_exact(8).map(|c| {
-                    u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))
-                });
+                let mut fields = data
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
                 for target in [&mut usize_, &mut csize, &mut offset] {
                     if *target == 0xFFFF_FFFF {
                         *target = fields
@@ -216,9 +221,9 @@ pub fn parse_central_directory(
             8 => Compression::Deflate,
             other => Compression::Unsupported(other),
         };
-        let offset = offset.checked_add(tail.concat).ok_or_else(|| {
-            format!("member {name:?}: impossible local header offset")
-        })?;
+        let offset = offset
+            .checked_add(tail.concat)
+            .ok_or_else(|| format!("member {name:?}: impossible local header offset"))?;
         members.push((
             name,
             Member {
@@ -246,14 +251,27 @@ pub fn index_zip(data: &[u8], limits: &ArchiveLimits) -> Result<ArchiveIndex, St
         .get(tail.cd_offset as usize..(tail.cd_offset + tail.cd_size) as usize)
         .ok_or("the central directory lies outside the archive")?;
     let members = parse_central_directory(cd, &tail, limits)?;
-    Ok(ArchiveIndex::new(ArchiveKind::Zip, size, None, members, None))
+    Ok(ArchiveIndex::new(
+        ArchiveKind::Zip,
+        size,
+        None,
+        members,
+        None,
+    ))
 }
 
 /// Checks that a member's declared extent fits an archive of `archive_size` bytes and the
 /// limits, before any read.
-pub fn check_member(name: &str, member: &Member, archive_size: u64, limits: &ArchiveLimits) -> Result<(), String> {
+pub fn check_member(
+    name: &str,
+    member: &Member,
+    archive_size: u64,
+    limits: &ArchiveLimits,
+) -> Result<(), String> {
     if member.encrypted {
-        return Err(format!("member {name:?} is encrypted, which is not supported"));
+        return Err(format!(
+            "member {name:?} is encrypted, which is not supported"
+        ));
     }
     if let Compression::Unsupported(method) = member.compression {
         return Err(format!(
@@ -292,8 +310,15 @@ pub fn check_member(name: &str, member: &Member, archive_size: u64, limits: &Arc
 /// data; `None` for all of it): from the local header to the end of the wanted data, plus
 /// `slack` bytes for a local extra field longer than the central directory's, clipped to
 /// the archive.
-pub fn read_range(member: &Member, wanted_end: Option<u64>, slack: u64, archive_size: u64) -> Range<u64> {
-    let data_end = wanted_end.unwrap_or(member.stored_size).min(member.stored_size);
+pub fn read_range(
+    member: &Member,
+    wanted_end: Option<u64>,
+    slack: u64,
+    archive_size: u64,
+) -> Range<u64> {
+    let data_end = wanted_end
+        .unwrap_or(member.stored_size)
+        .min(member.stored_size);
     let end = member
         .offset
         .saturating_add(member.zip_header_estimate())
@@ -348,7 +373,11 @@ pub fn decode(
         None => 0..size,
         Some(r) => match r.resolve(size) {
             Some(r) => r,
-            None => return Err(format!("the range starts past the end of the member ({size} bytes)")),
+            None => {
+                return Err(format!(
+                    "the range starts past the end of the member ({size} bytes)"
+                ));
+            }
         },
     };
     match member.compression {
@@ -376,7 +405,9 @@ pub fn decode(
             let stop = wanted.end;
             // Deflate expands at most ~1032:1, so the compressed length bounds what can
             // honestly come out; a declared size beyond it is not trusted for allocation.
-            let bound = (stored.len() as u64).saturating_mul(1032).saturating_add(64);
+            let bound = (stored.len() as u64)
+                .saturating_mul(1032)
+                .saturating_add(64);
             let mut out = Vec::with_capacity(stop.min(bound) as usize);
             let mut decoder = flate2::read::DeflateDecoder::new(&stored[..]);
             // One byte more than the declared size, to notice a member that inflates past it.
@@ -422,9 +453,12 @@ fn check_crc(name: &str, member: &Member, content: &[u8]) -> Result<(), String> 
     Ok(())
 }
 
+/// Each member of an archive: its name and its content, or why it cannot be read.
+pub type Extracted = Vec<(String, Result<Bytes, String>)>;
+
 /// Reads every member of an in-memory zip (for tests and fuzzing): name and content or
 /// error, in no particular order.
-pub fn extract_all(data: &Bytes, limits: &ArchiveLimits) -> Result<Vec<(String, Result<Bytes, String>)>, String> {
+pub fn extract_all(data: &Bytes, limits: &ArchiveLimits) -> Result<Extracted, String> {
     let index = index_zip(data, limits)?;
     let size = data.len() as u64;
     Ok(index
