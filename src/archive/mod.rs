@@ -140,6 +140,9 @@ fn write_sidecar<'a, S: WritableStore>(
 /// A missing archive or member reads as `None`; a damaged archive fails only the members
 /// it must (see [`ArchiveIndex`]).
 ///
+/// Copies: tar members and stored zip members are slices of the inner store's buffers; a
+/// deflated member is inflated into one new buffer.
+///
 /// # Index cost and cache
 ///
 /// * zip: a suffix read of [`ArchiveConfig::zip_tail_read`] bytes finds the end records and
