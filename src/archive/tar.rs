@@ -6,8 +6,8 @@
 //! `.tar.gz`).
 //!
 //! Formats: v7, ustar (name + prefix), GNU (`L` long names, `K` long link names, base-256
-//! sizes) and PAX (`x` per-member and `g` global headers: `path` and `size` are used; a
-//! `size` record overrides the header's). Regular members (`0`, `\0`, `7`) are indexed;
+//! sizes) and PAX (`x` per-member and `g` global headers, and Solaris `X`: `path` and
+//! `size` are used; a `size` record overrides the header's). Regular members (`0`, `\0`, `7`) are indexed;
 //! directories, links, devices, FIFOs and GNU sparse members are skipped. The walk stops at
 //! the first zero block, as Python's `tarfile` and GNU tar (without `--ignore-zeros`) do.
 
@@ -158,8 +158,15 @@ impl TarScanner {
                     "tar header at byte {pos} declares an impossible size {size}"
                 ));
             };
+            if typeflag == b'K' {
+                // A GNU long link name: only links use it, and links are not indexed. It
+                // precedes the 'L' and the header it belongs to, so pending names stay.
+                self.pos = next;
+                continue;
+            }
             match typeflag {
-                b'x' | b'g' | b'L' => {
+                // 'X': the Solaris extended header, read like PAX 'x' (as tarfile does).
+                b'x' | b'X' | b'g' | b'L' => {
                     if size > self.limits.max_metadata {
                         return self.stop(format!(
                             "tar metadata record at byte {pos} declares {size} bytes, over the limit of {}",
@@ -205,8 +212,9 @@ impl TarScanner {
                     .keys()
                     .chain(self.global_pax.keys())
                     .any(|k| k.starts_with("GNU.sparse."));
-                // v7 archives mark directories as regular files with a trailing slash.
-                if !sparse && !name.ends_with('/') {
+                // v7 archives mark directories as regular files ('\0') with a trailing
+                // slash.
+                if !sparse && !(typeflag == 0 && name.ends_with('/')) {
                     let member = Member {
                         offset: data,
                         stored_size: size,
@@ -645,6 +653,25 @@ mod tests {
         let tar = archive(&[("a", b"x"), ("b", &[1u8; 2000])]);
         let index = index_tar(&tar[..1700], ArchiveLimits::default());
         assert!(index.damage.unwrap().contains("past the end"));
+    }
+
+    #[test]
+    fn long_link_then_long_name_then_member() {
+        let mut tar = Vec::new();
+        let long_name = "n".repeat(150);
+        for (flag, body) in [(b'K', "t".repeat(200)), (b'L', long_name.clone())] {
+            tar.extend_from_slice(&header("././@LongLink", body.len() as u64 + 1, flag));
+            tar.extend_from_slice(body.as_bytes());
+            tar.push(0);
+            tar.resize(tar.len().div_ceil(512) * 512, 0);
+        }
+        tar.extend_from_slice(&header("short", 3, b'0'));
+        tar.extend_from_slice(b"abc");
+        tar.resize(tar.len().div_ceil(512) * 512 + 1024, 0);
+        let index = index_tar(&tar, ArchiveLimits::default());
+        assert_eq!(index.damage, None);
+        assert_eq!(index.get(&long_name).map(|m| m.size), Some(3));
+        assert!(index.get("short").is_none());
     }
 
     #[test]
