@@ -40,6 +40,8 @@
 //!   [`server`].
 //! * `bundle`: [`BundleStore`], a store that reads many objects per request from such an
 //!   endpoint.
+//! * `archive`: [`ArchiveStore`], tar and zip archives used as shards, read by byte ranges
+//!   of any inner store.
 #![warn(missing_docs)]
 
 mod error;
@@ -61,6 +63,9 @@ mod object_store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+#[cfg(feature = "archive")]
+pub mod archive;
+
 #[cfg(feature = "s3-server")]
 pub mod s3_server;
 
@@ -77,8 +82,8 @@ pub use limit::IoBudget;
 pub use memory::MemoryStore;
 pub use request::{ByteRange, Request};
 pub use store::{
-    GetManyItem, GetManyStream, ListDir, ListableStore, Store, WritableStore, get_many_concurrent,
-    slice_object,
+    GetManyItem, GetManyStream, ListDir, ListableStore, ObjectMeta, Store, WritableStore,
+    get_many_concurrent, slice_object,
 };
 
 #[cfg(feature = "object-store")]
@@ -88,3 +93,5 @@ pub use crate::object_store::ObjectStoreStore;
 pub use crate::bundle::{
     BundleCompression, BundleProtocol, BundleStore, BundleStoreBuilder, MAX_KEYS_PER_BUNDLE,
 };
+#[cfg(feature = "archive")]
+pub use archive::ArchiveStore;

@@ -10,7 +10,7 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::coalesce::{self, CoalescePolicy, Fetched, Plan};
-use crate::store::{GetManyStream, ListDir, ListableStore, WritableStore};
+use crate::store::{GetManyStream, ListDir, ListableStore, ObjectMeta, WritableStore};
 use crate::{ByteRange, Error, IoBudget, Request, Result, Store};
 
 const STORE: &str = "object_store";
@@ -176,6 +176,19 @@ impl ObjectStoreStore {
 
     /// One backend read: `range` of `key`, with the object's size.
     async fn fetch(&self, key: &str, range: Option<ByteRange>) -> Result<Option<Fetched>> {
+        Ok(self
+            .fetch_with_meta(key, range)
+            .await?
+            .map(|(fetched, _)| fetched))
+    }
+
+    /// One backend read, with the object's size and version (ETag, else version id) as the
+    /// response reported them.
+    async fn fetch_with_meta(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Option<(Fetched, ObjectMeta)>> {
         let path = self.path(key)?;
         let options = GetOptions {
             range: range.clone().map(to_get_range),
@@ -184,15 +197,26 @@ impl ObjectStoreStore {
         match self.inner.get_opts(&path, options).await {
             Ok(result) => {
                 let size = result.meta.size;
+                let meta = ObjectMeta {
+                    size: Some(size),
+                    version: result.meta.e_tag.clone().or(result.meta.version.clone()),
+                };
                 let bytes = result.bytes().await.map_err(|e| backend(key, e))?;
-                Ok(Some(Fetched {
+                let fetched = Fetched {
                     bytes,
                     object_size: Some(size),
-                }))
+                };
+                Ok(Some((fetched, meta)))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => match range {
-                Some(range) => self.recover(key, &path, range, e).await,
+                Some(range) => Ok(self.recover(key, &path, range, e).await?.map(|fetched| {
+                    let meta = ObjectMeta {
+                        size: fetched.object_size,
+                        version: None,
+                    };
+                    (fetched, meta)
+                })),
                 None => Err(backend(key, e)),
             },
         }
@@ -272,6 +296,22 @@ impl Store for ObjectStoreStore {
         }
         let fetched = self.budget.run(self.fetch(key, range)).await?;
         Ok(fetched.map(|f| f.bytes))
+    }
+
+    async fn get_with_meta(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Option<(Bytes, ObjectMeta)>> {
+        if let Some(reason) = range.as_ref().and_then(ByteRange::invalid_reason) {
+            return Err(Error::InvalidRange {
+                key: key.to_string(),
+                range: range.unwrap_or(ByteRange::Offset(0)),
+                reason: reason.to_string(),
+            });
+        }
+        let fetched = self.budget.run(self.fetch_with_meta(key, range)).await?;
+        Ok(fetched.map(|(f, meta)| (f.bytes, meta)))
     }
 
     fn get_many(&self, requests: Vec<Request>) -> GetManyStream<'_> {

@@ -17,6 +17,16 @@ pub type GetManyItem = (usize, Result<Option<Bytes>>);
 /// read still in flight.
 pub type GetManyStream<'a> = BoxStream<'a, GetManyItem>;
 
+/// What a read learned about an object besides its bytes: see [`Store::get_with_meta`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The size of the whole object in bytes, when the backend reported it.
+    pub size: Option<u64>,
+    /// A tag that changes whenever the object is rewritten (an HTTP ETag or an object
+    /// version), when the backend has one.
+    pub version: Option<String>,
+}
+
 /// A key-value store that can read many values at once.
 ///
 /// Implement [`get`](Store::get) and [`io_budget`](Store::io_budget) and every reader of the
@@ -83,6 +93,24 @@ pub trait Store: Send + Sync + Debug {
     /// [`io_budget`](Store::io_budget): see [`get_many_concurrent`].
     fn get_many(&self, requests: Vec<Request>) -> GetManyStream<'_> {
         get_many_concurrent(self, requests)
+    }
+
+    /// Reads like [`get`](Store::get) and also reports what the backend said about the whole
+    /// object (its size and version) with the same response, so a reader that must know
+    /// them (an archive index that records which version of the archive it describes) needs
+    /// no second request.
+    ///
+    /// The default calls `get` and reports nothing ([`ObjectMeta::default`]); stores whose
+    /// backend returns the size or a version tag with every read override it.
+    async fn get_with_meta(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Option<(Bytes, ObjectMeta)>> {
+        Ok(self
+            .get(key, range)
+            .await?
+            .map(|bytes| (bytes, ObjectMeta::default())))
     }
 
     /// The size in bytes of the object at `key`, or `None` if it does not exist.
@@ -197,6 +225,13 @@ macro_rules! forward_store {
             }
             fn get_many(&self, requests: Vec<Request>) -> GetManyStream<'_> {
                 (**self).get_many(requests)
+            }
+            async fn get_with_meta(
+                &self,
+                key: &str,
+                range: Option<ByteRange>,
+            ) -> Result<Option<(Bytes, ObjectMeta)>> {
+                (**self).get_with_meta(key, range).await
             }
             async fn size(&self, key: &str) -> Result<Option<u64>> {
                 (**self).size(key).await

@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::store::{GetManyStream, WritableStore, get_many_concurrent};
+use crate::store::{GetManyStream, ObjectMeta, WritableStore, get_many_concurrent};
 use crate::{ByteRange, Error, IoBudget, MemoryStore, Request, Store};
 
 /// The prefix of every fixture key.
@@ -942,6 +942,20 @@ impl<S: Store> Store for FaultStore<S> {
 
     fn get_many(&self, requests: Vec<Request>) -> GetManyStream<'_> {
         get_many_concurrent(self, requests)
+    }
+
+    async fn get_with_meta(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> crate::Result<Option<(Bytes, ObjectMeta)>> {
+        let (_in_flight, fault) = self.faults.before_read(key, span_of(&range)).await;
+        match fault {
+            Fault::None => self.inner.get_with_meta(key, range).await,
+            Fault::Fail | Fault::MidBody => {
+                Err(Error::backend("fault", key, InjectedFault(key.to_string())))
+            }
+        }
     }
 
     async fn size(&self, key: &str) -> crate::Result<Option<u64>> {

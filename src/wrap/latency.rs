@@ -10,7 +10,7 @@ use futures::stream;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::store::GetManyStream;
+use crate::store::{GetManyStream, ObjectMeta};
 use crate::{ByteRange, IoBudget, Request, Result, Store};
 
 /// The link a [`Latency`] wrapper simulates.
@@ -178,6 +178,21 @@ impl<S: Store> Store for Latency<S> {
         .flatten()
         .filter_map(|item| async move { item })
         .boxed()
+    }
+
+    async fn get_with_meta(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Option<(Bytes, ObjectMeta)>> {
+        let _connection = self.link.connections.acquire().await;
+        let result = self.inner.get_with_meta(key, range).await;
+        let bytes = match &result {
+            Ok(Some((b, _))) => b.len() as u64,
+            _ => 0,
+        };
+        self.link.charge(bytes).await;
+        result
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>> {

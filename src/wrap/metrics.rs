@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::store::GetManyStream;
+use crate::store::{GetManyStream, ObjectMeta};
 use crate::{ByteRange, IoBudget, Request, Result, Store};
 
 #[derive(Debug, Default)]
@@ -166,6 +166,18 @@ impl<S: Store> Store for Metrics<S> {
             .get_many(requests)
             .inspect(move |(_, result)| Self::record(&counters, result))
             .boxed()
+    }
+
+    async fn get_with_meta(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Option<(Bytes, ObjectMeta)>> {
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        let result = self.inner.get_with_meta(key, range).await;
+        let bytes = result.as_ref().map(|o| o.as_ref().map(|(b, _)| b.clone()));
+        Self::record(&self.counters, &bytes);
+        result
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>> {

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 
-use crate::store::{GetManyStream, ListDir, ListableStore, WritableStore};
+use crate::store::{GetManyStream, ListDir, ListableStore, ObjectMeta, WritableStore};
 use crate::{ByteRange, IoBudget, Request, Result, Store};
 
 /// Puts every key below a prefix of the inner store: key `k` reads `<prefix>/k`.
@@ -70,6 +70,14 @@ impl<S: Store> Store for Prefix<S> {
             r.key = self.full(&r.key);
         }
         self.inner.get_many(requests)
+    }
+
+    async fn get_with_meta(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Option<(Bytes, ObjectMeta)>> {
+        self.inner.get_with_meta(&self.full(key), range).await
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>> {

@@ -5,9 +5,11 @@
 //! one request per chunk; `getmany s3-serve` serves the same arrays to other clients.
 //! `getmany serve` runs the bundle endpoint (Tigris bundle, AIStore GetBatch, S3 GET/HEAD)
 //! over a directory of buckets or an object_store URL. `getmany bench-bundle` compares
-//! `BundleStore` with concurrent GETs through a TCP delay proxy.
+//! `BundleStore` with concurrent GETs through a TCP delay proxy; `getmany bench-archive`
+//! reads members of zip shards through `ArchiveStore` against downloading the archives.
 
 mod bench;
+mod bench_archive;
 mod bench_bundle;
 mod bench_zarr;
 mod proxy;
@@ -38,6 +40,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Compare BundleStore (both protocols) with concurrent GETs through a TCP delay proxy.
     BenchBundle(bench_bundle::BenchBundleArgs),
+    /// Read members of zip shards through ArchiveStore against downloading the archives.
+    BenchArchive(bench_archive::BenchArchiveArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::S3Serve(args) => runtime.block_on(bench_zarr::serve(args)),
         Command::Serve(args) => runtime.block_on(serve::run(args)),
         Command::BenchBundle(args) => runtime.block_on(bench_bundle::run(args)),
+        Command::BenchArchive(args) => runtime.block_on(bench_archive::run(args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
