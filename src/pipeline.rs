@@ -719,10 +719,12 @@ mod tests {
         chunks[5] = ChunkRequest::new(Request::whole("c/missing"), 5);
         chunks[6] = ChunkRequest::new(Request::range("c/6", 100..120), 6); // past the end
         chunks[7] = ChunkRequest::empty(7);
+        // Bytes in hand: decoded without a read.
+        chunks[8] = ChunkRequest::ready(Request::whole("in-hand"), chunk_bytes(8).into(), 8);
         let outcome = ChunkPipeline::new(decoder())
             .run(&store, chunks, vec![0; 80])
             .await;
-        assert_eq!(outcome.reads, 9);
+        assert_eq!(outcome.reads, 8);
         let kinds: Vec<&str> = outcome
             .statuses
             .iter()
