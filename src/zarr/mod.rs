@@ -785,8 +785,11 @@ struct RoundOne<T> {
 struct ShardDecoded<T> {
     entries: Arc<Vec<IndexEntry>>,
     whole: bool,
-    chunks: Vec<(Vec<u64>, Result<Option<Vec<T>>, Error>)>,
+    chunks: Vec<(Vec<u64>, InnerResult<T>)>,
 }
+
+/// One inner chunk of a whole shard: its elements, `None` when empty, or why it failed.
+type InnerResult<T> = Result<Option<Vec<T>>, Error>;
 
 /// Decodes round-1 answers: a shard index, or a whole shard (index and inner chunks, so a
 /// shard is decoded the moment it arrives, while other shards are still in flight).
