@@ -199,7 +199,7 @@ impl<S: Store> Array<S> {
         })
     }
 
-    /// Chunks decoded at once (default: twice the cores).
+    /// Chunks decoded at once (default: four per core).
     pub fn with_decode_window(mut self, window: usize) -> Self {
         self.decode_window = Some(window);
         self
