@@ -235,10 +235,10 @@ impl<D> Clone for ChunkPipeline<D> {
     }
 }
 
-/// The default decode window: twice the cores, so one chunk can be handed over while
-/// another decodes on each core.
+/// The default decode window: four chunks per core, so each core has work queued while
+/// answers are handed over, and chunks that arrive together go to the pool in one batch.
 fn default_window() -> usize {
-    2 * std::thread::available_parallelism().map_or(2, |n| n.get())
+    4 * std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 enum Job {
@@ -246,10 +246,15 @@ enum Job {
     Fill(ChunkStatus),
 }
 
+/// Jobs handed to one decode task: consecutive answers that were ready together.
+type Batch = Vec<(usize, Job)>;
+
 enum Event<T> {
     Joined(std::result::Result<(Id, T), JoinError>),
-    Answer(Option<crate::GetManyItem>),
-    Local(usize, Job),
+    /// Answers ready together (at most the room left in the window), and whether the
+    /// stream ended after them.
+    Answers(Vec<crate::GetManyItem>, bool),
+    Local(Batch),
     Done,
 }
 
@@ -259,8 +264,50 @@ fn lock<O>(output: &Mutex<O>) -> MutexGuard<'_, O> {
     output.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Decodes (or fills) one chunk into the output; runs on the blocking pool.
+fn process<D: ChunkDecoder>(
+    decoder: &D,
+    job: Job,
+    region: &D::Region,
+    output: &Mutex<D::Output>,
+) -> ChunkStatus {
+    match job {
+        Job::Decode(request, bytes) => {
+            // A decoder that panics on bad bytes fails its chunk, not the read.
+            let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                decoder.decode(&request, bytes, region)
+            }))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(Error::InvalidData {
+                    key: request.key.clone(),
+                    reason: format!("the chunk decoder failed: panicked: {what}"),
+                })
+            });
+            match decoded {
+                Ok(decoded) => {
+                    decoder.write(decoded, region, &mut lock(output));
+                    ChunkStatus::Present
+                }
+                Err(e) => {
+                    decoder.fill(region, &mut lock(output));
+                    ChunkStatus::Failed(e)
+                }
+            }
+        }
+        Job::Fill(status) => {
+            decoder.fill(region, &mut lock(output));
+            status
+        }
+    }
+}
+
 impl<D: ChunkDecoder> ChunkPipeline<D> {
-    /// A pipeline with `decoder` and the default decode window (twice the cores).
+    /// A pipeline with `decoder` and the default decode window (four chunks per core).
     pub fn new(decoder: D) -> Self {
         Self::from_arc(Arc::new(decoder))
     }
@@ -320,8 +367,11 @@ impl<D: ChunkDecoder> ChunkPipeline<D> {
         let keys: Vec<Request> = requests.clone();
         let mut statuses: Vec<Option<ChunkStatus>> = vec![None; regions.len()];
         let output = Arc::new(Mutex::new(output));
-        let mut tasks: JoinSet<(usize, ChunkStatus)> = JoinSet::new();
-        let mut running: HashMap<Id, usize> = HashMap::new();
+        type Done = Vec<(usize, ChunkStatus)>;
+        let mut tasks: JoinSet<Done> = JoinSet::new();
+        // The chunks each task holds, and how many chunks all tasks hold together.
+        let mut running: HashMap<Id, Vec<usize>> = HashMap::new();
+        let mut held = 0usize;
         let mut stream = if requests.is_empty() {
             futures::stream::empty().boxed()
         } else {
@@ -330,55 +380,32 @@ impl<D: ChunkDecoder> ChunkPipeline<D> {
         let mut stream_done = false;
         let window = self.decode_window;
 
-        let spawn = |tasks: &mut JoinSet<(usize, ChunkStatus)>,
-                     chunk: usize,
-                     job: Job,
+        // One blocking task decodes a batch of chunks in turn: answers that arrive together
+        // (the slices of one merged read) cost one hand-off to the pool, not one each.
+        let spawn = |tasks: &mut JoinSet<Done>,
+                     batch: Batch,
                      regions: &mut Vec<Option<D::Region>>|
-         -> Option<Id> {
-            let Some(region) = regions.get_mut(chunk).and_then(Option::take) else {
-                // A store that answered one request twice: the first answer stands.
-                tracing::warn!(chunk, "getmany.pipeline: a chunk was answered twice");
+         -> Option<(Id, Vec<usize>)> {
+            let mut work = Vec::with_capacity(batch.len());
+            for (chunk, job) in batch {
+                match regions.get_mut(chunk).and_then(Option::take) {
+                    Some(region) => work.push((chunk, job, region)),
+                    // A store that answered one request twice: the first answer stands.
+                    None => tracing::warn!(chunk, "getmany.pipeline: a chunk was answered twice"),
+                }
+            }
+            if work.is_empty() {
                 return None;
-            };
+            }
+            let chunks: Vec<usize> = work.iter().map(|(c, _, _)| *c).collect();
             let decoder = self.decoder.clone();
             let output = output.clone();
             let handle = tasks.spawn_blocking(move || {
-                let status = match job {
-                    Job::Decode(request, bytes) => {
-                        // A decoder that panics on bad bytes fails its chunk, not the read.
-                        let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                            decoder.decode(&request, bytes, &region)
-                        }))
-                        .unwrap_or_else(|panic| {
-                            let what = panic
-                                .downcast_ref::<&str>()
-                                .map(|s| s.to_string())
-                                .or_else(|| panic.downcast_ref::<String>().cloned())
-                                .unwrap_or_default();
-                            Err(Error::InvalidData {
-                                key: request.key.clone(),
-                                reason: format!("the chunk decoder failed: panicked: {what}"),
-                            })
-                        });
-                        match decoded {
-                            Ok(decoded) => {
-                                decoder.write(decoded, &region, &mut lock(&output));
-                                ChunkStatus::Present
-                            }
-                            Err(e) => {
-                                decoder.fill(&region, &mut lock(&output));
-                                ChunkStatus::Failed(e)
-                            }
-                        }
-                    }
-                    Job::Fill(status) => {
-                        decoder.fill(&region, &mut lock(&output));
-                        status
-                    }
-                };
-                (chunk, status)
+                work.into_iter()
+                    .map(|(chunk, job, region)| (chunk, process(&*decoder, job, &region, &output)))
+                    .collect()
             });
-            Some(handle.id())
+            Some((handle.id(), chunks))
         };
 
         loop {
@@ -386,14 +413,32 @@ impl<D: ChunkDecoder> ChunkPipeline<D> {
                 if let Poll::Ready(Some(joined)) = tasks.poll_join_next_with_id(cx) {
                     return Poll::Ready(Event::Joined(joined));
                 }
-                if tasks.len() < window {
+                let room = window.saturating_sub(held);
+                if room > 0 {
+                    // Half the room at most per batch: a slow chunk holds up only its own
+                    // batch, and the rest of the window keeps other cores (and the reads)
+                    // going.
+                    let batch = room.div_ceil(2);
                     if !stream_done {
-                        if let Poll::Ready(item) = stream.poll_next_unpin(cx) {
-                            return Poll::Ready(Event::Answer(item));
+                        let mut answers = Vec::new();
+                        let mut ended = false;
+                        while answers.len() < batch {
+                            match stream.poll_next_unpin(cx) {
+                                Poll::Ready(Some(item)) => answers.push(item),
+                                Poll::Ready(None) => {
+                                    ended = true;
+                                    break;
+                                }
+                                Poll::Pending => break,
+                            }
+                        }
+                        if ended || !answers.is_empty() {
+                            return Poll::Ready(Event::Answers(answers, ended));
                         }
                     }
-                    if let Some((chunk, job)) = local.pop_front() {
-                        return Poll::Ready(Event::Local(chunk, job));
+                    if !local.is_empty() {
+                        let n = batch.min(local.len());
+                        return Poll::Ready(Event::Local(local.drain(..n).collect()));
                     }
                 }
                 if stream_done && tasks.is_empty() && local.is_empty() {
@@ -402,44 +447,57 @@ impl<D: ChunkDecoder> ChunkPipeline<D> {
                 Poll::Pending
             })
             .await;
-            match event {
-                Event::Joined(Ok((id, (chunk, status)))) => {
-                    running.remove(&id);
-                    statuses[chunk] = Some(status);
+            let batch = match event {
+                Event::Joined(Ok((id, done))) => {
+                    if let Some(chunks) = running.remove(&id) {
+                        held -= chunks.len();
+                    }
+                    for (chunk, status) in done {
+                        statuses[chunk] = Some(status);
+                    }
+                    continue;
                 }
                 Event::Joined(Err(e)) => {
-                    // A decoder panicked (or the runtime is shutting down).
-                    if let Some(chunk) = running.remove(&e.id()) {
-                        let key = keys
-                            .get(owner.iter().position(|&c| c == chunk).unwrap_or(usize::MAX))
-                            .map_or_else(String::new, |r| r.key.clone());
-                        statuses[chunk] = Some(ChunkStatus::Failed(Error::InvalidData {
-                            key,
-                            reason: format!("the chunk decoder failed: {e}"),
-                        }));
+                    // A decoder's write or fill panicked (decode panics are caught per
+                    // chunk): every chunk of that task fails.
+                    if let Some(chunks) = running.remove(&e.id()) {
+                        held -= chunks.len();
+                        for chunk in chunks {
+                            let key = owner
+                                .iter()
+                                .position(|&c| c == chunk)
+                                .map_or_else(String::new, |i| keys[i].key.clone());
+                            statuses[chunk] = Some(ChunkStatus::Failed(Error::InvalidData {
+                                key,
+                                reason: format!("the chunk decoder failed: {e}"),
+                            }));
+                        }
                     }
+                    continue;
                 }
-                Event::Answer(None) => stream_done = true,
-                Event::Answer(Some((index, result))) => {
-                    let Some(&chunk) = owner.get(index) else {
-                        tracing::warn!(index, "getmany.pipeline: answer to an unknown request");
-                        continue;
-                    };
-                    let job = match result {
-                        Ok(Some(bytes)) => Job::Decode(keys[index].clone(), bytes),
-                        Ok(None) => Job::Fill(ChunkStatus::Missing),
-                        Err(e) => Job::Fill(ChunkStatus::Failed(e)),
-                    };
-                    if let Some(id) = spawn(&mut tasks, chunk, job, &mut regions) {
-                        running.insert(id, chunk);
+                Event::Answers(answers, ended) => {
+                    stream_done |= ended;
+                    let mut batch = Vec::with_capacity(answers.len());
+                    for (index, result) in answers {
+                        let Some(&chunk) = owner.get(index) else {
+                            tracing::warn!(index, "getmany.pipeline: answer to an unknown request");
+                            continue;
+                        };
+                        let job = match result {
+                            Ok(Some(bytes)) => Job::Decode(keys[index].clone(), bytes),
+                            Ok(None) => Job::Fill(ChunkStatus::Missing),
+                            Err(e) => Job::Fill(ChunkStatus::Failed(e)),
+                        };
+                        batch.push((chunk, job));
                     }
+                    batch
                 }
-                Event::Local(chunk, job) => {
-                    if let Some(id) = spawn(&mut tasks, chunk, job, &mut regions) {
-                        running.insert(id, chunk);
-                    }
-                }
+                Event::Local(batch) => batch,
                 Event::Done => break,
+            };
+            if let Some((id, chunks)) = spawn(&mut tasks, batch, &mut regions) {
+                held += chunks.len();
+                running.insert(id, chunks);
             }
         }
         drop(stream);
@@ -719,10 +777,12 @@ mod tests {
         chunks[5] = ChunkRequest::new(Request::whole("c/missing"), 5);
         chunks[6] = ChunkRequest::new(Request::range("c/6", 100..120), 6); // past the end
         chunks[7] = ChunkRequest::empty(7);
+        // Bytes in hand: decoded without a read.
+        chunks[8] = ChunkRequest::ready(Request::whole("in-hand"), chunk_bytes(8).into(), 8);
         let outcome = ChunkPipeline::new(decoder())
             .run(&store, chunks, vec![0; 80])
             .await;
-        assert_eq!(outcome.reads, 9);
+        assert_eq!(outcome.reads, 8);
         let kinds: Vec<&str> = outcome
             .statuses
             .iter()

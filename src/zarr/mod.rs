@@ -199,7 +199,7 @@ impl<S: Store> Array<S> {
         })
     }
 
-    /// Chunks decoded at once (default: twice the cores).
+    /// Chunks decoded at once (default: four per core).
     pub fn with_decode_window(mut self, window: usize) -> Self {
         self.decode_window = Some(window);
         self
@@ -443,7 +443,8 @@ impl<S: Store> Array<S> {
         let whole_ok = self.whole_shards
             && sharding.inner_count() * sharding.max_inner_len() + index_len
                 <= MAX_WHOLE_SHARD_BYTES;
-        let index_chunks: Vec<ChunkRequest<usize>> = uncached
+        let array_shape = Arc::new(m.shape.clone());
+        let index_chunks: Vec<ChunkRequest<ShardRegion>> = uncached
             .iter()
             .map(|&s| {
                 let origin: Vec<u64> = shards[s]
@@ -459,34 +460,53 @@ impl<S: Store> Array<S> {
                     .all(|(d, r)| {
                         target.start[d] <= r.start && r.end <= target.start[d] + target.shape[d]
                     });
-                let request = if whole_ok && covered {
-                    Request::whole(keys[s].clone())
+                let (request, inner) = if whole_ok && covered {
+                    let inner = inner_chunks(&sharding, &m.chunk_shape, &origin, target);
+                    (Request::whole(keys[s].clone()), inner)
                 } else {
-                    Request::range(keys[s].clone(), index_range.clone())
+                    let range = index_range.clone();
+                    (Request::range(keys[s].clone(), range), Vec::new())
                 };
-                ChunkRequest::new(request, s)
+                ChunkRequest::new(request, ShardRegion { shard: s, inner })
             })
             .collect();
-        let mut whole: Vec<Option<Bytes>> = vec![None; keys.len()];
+        let mut whole_done = vec![false; keys.len()];
         if !index_chunks.is_empty() {
-            let mut index_pipeline = ChunkPipeline::new(IndexDecoder {
+            let decoder = ShardDecoder {
                 sharding: sharding.clone(),
-            });
+                chunks: ArrayChunkDecoder {
+                    chain: Arc::new(sharding.inner.clone()),
+                    target: target.clone(),
+                },
+                array_shape: array_shape.clone(),
+            };
+            let mut pipeline = ChunkPipeline::new(decoder);
             if let Some(w) = self.decode_window {
-                index_pipeline = index_pipeline.with_decode_window(w);
+                pipeline = pipeline.with_decode_window(w);
             }
-            let indexes = index_pipeline
-                .run(&self.store, index_chunks, vec![None; keys.len()])
-                .await;
+            let first = RoundOne {
+                indexes: vec![None; keys.len()],
+                whole_done: vec![false; keys.len()],
+                data: output,
+                failures: Vec::new(),
+                present: 0,
+                missing: 0,
+            };
+            let round = pipeline.run(&self.store, index_chunks, first).await;
             read.stats.rounds += 1;
-            read.stats.requests += indexes.reads;
-            for (status, &s) in indexes.statuses.into_iter().zip(&uncached) {
+            read.stats.requests += round.reads;
+            for (status, &s) in round.statuses.into_iter().zip(&uncached) {
                 statuses[s] = status;
             }
-            for (s, read) in indexes.output.into_iter().enumerate() {
-                if let Some(read) = read {
-                    known[s] = Some(read.entries);
-                    whole[s] = read.whole;
+            let first = round.output;
+            output = first.data;
+            whole_done = first.whole_done;
+            read.stats.chunks_present += first.present;
+            read.stats.chunks_missing += first.missing;
+            read.failures.extend(first.failures);
+            for (s, index) in first.indexes.into_iter().enumerate() {
+                if index.is_some() {
+                    known[s] = index;
                 }
             }
             if let Some(cache) = &self.index_cache {
@@ -527,27 +547,11 @@ impl<S: Store> Array<S> {
                 ChunkStatus::Missing => None,
                 ChunkStatus::Present => known[s].as_deref(),
             };
-            // The inner chunks of this shard that the selection touches.
-            let Some((lo, hi)) =
-                intersect(&shard_origin, &m.chunk_shape, &target.start, &target.shape)
-            else {
-                continue;
-            };
+            if whole_done[s] {
+                continue; // read whole and decoded in round 1
+            }
             let inner = &sharding.inner_shape;
-            let ilo: Vec<u64> = (0..lo.len())
-                .map(|d| (lo[d] - shard_origin[d]) / inner[d])
-                .collect();
-            let ihi: Vec<u64> = (0..lo.len())
-                .map(|d| (hi[d] - shard_origin[d]).div_ceil(inner[d]))
-                .collect();
-            for local in indices(&ilo, &ihi) {
-                let origin: Vec<u64> = (0..local.len())
-                    .map(|d| shard_origin[d] + local[d] * inner[d])
-                    .collect();
-                let linear = local
-                    .iter()
-                    .zip(&sharding.chunks_per_shard)
-                    .fold(0u64, |acc, (i, n)| acc * n + i) as usize;
+            for (linear, origin) in inner_chunks(&sharding, &m.chunk_shape, &shard_origin, target) {
                 let entry = entries.and_then(|e| e.get(linear));
                 match entry {
                     None | Some(IndexEntry::Empty) => {
@@ -563,28 +567,7 @@ impl<S: Store> Array<S> {
                             origin,
                             expected_len: Some(r.end - r.start),
                         };
-                        match &whole[s] {
-                            None => chunks.push(ChunkRequest::new(request, region)),
-                            // The shard is in hand: its slice (short if the entry runs
-                            // past the end, which the decoder reports).
-                            Some(bytes) if r.start < bytes.len() as u64 => {
-                                let end = r.end.min(bytes.len() as u64) as usize;
-                                let slice = bytes.slice(r.start as usize..end);
-                                chunks.push(ChunkRequest::ready(request, slice, region));
-                            }
-                            Some(bytes) => {
-                                local_failures.push(ChunkFailure {
-                                    key: keys[s].clone(),
-                                    region: self.clipped(&region.origin, inner),
-                                    error: Error::range_past_end(
-                                        keys[s].clone(),
-                                        ByteRange::Bounded(r.clone()),
-                                        bytes.len() as u64,
-                                    ),
-                                });
-                                continue;
-                            }
-                        }
+                        chunks.push(ChunkRequest::new(request, region));
                         labels.push(s);
                     }
                     Some(IndexEntry::Invalid(reason)) => {
@@ -607,9 +590,7 @@ impl<S: Store> Array<S> {
             target: target.clone(),
         };
         let regions: Vec<Vec<u64>> = chunks.iter().map(|c| c.region.origin.clone()).collect();
-        let has_reads = chunks
-            .iter()
-            .any(|c| c.request.is_some() && c.ready.is_none());
+        let has_reads = chunks.iter().any(|c| c.request.is_some());
         let outcome = self
             .pipeline(decoder)
             .run(&self.store, chunks, output)
@@ -749,60 +730,190 @@ impl<T: Element> ChunkDecoder for ArrayChunkDecoder<T> {
     }
 }
 
-/// A shard's index, and the whole shard when it was read whole.
-#[derive(Debug, Clone)]
-struct ShardRead {
+/// The touched inner chunks of the shard at `shard_origin`: (index in the shard's inner
+/// grid, C order; origin in the array).
+fn inner_chunks<T>(
+    sharding: &Sharding,
+    shard_shape: &[u64],
+    shard_origin: &[u64],
+    target: &Target<T>,
+) -> Vec<(usize, Vec<u64>)> {
+    let Some((lo, hi)) = intersect(shard_origin, shard_shape, &target.start, &target.shape) else {
+        return Vec::new();
+    };
+    let inner = &sharding.inner_shape;
+    let ilo: Vec<u64> = (0..lo.len())
+        .map(|d| (lo[d] - shard_origin[d]) / inner[d])
+        .collect();
+    let ihi: Vec<u64> = (0..lo.len())
+        .map(|d| (hi[d] - shard_origin[d]).div_ceil(inner[d]))
+        .collect();
+    indices(&ilo, &ihi)
+        .into_iter()
+        .map(|local| {
+            let origin: Vec<u64> = (0..local.len())
+                .map(|d| shard_origin[d] + local[d] * inner[d])
+                .collect();
+            let linear = local
+                .iter()
+                .zip(&sharding.chunks_per_shard)
+                .fold(0u64, |acc, (i, n)| acc * n + i) as usize;
+            (linear, origin)
+        })
+        .collect()
+}
+
+/// A shard in round 1: its place in the list of touched shards, and, when it is read whole,
+/// its touched inner chunks.
+struct ShardRegion {
+    shard: usize,
+    inner: Vec<(usize, Vec<u64>)>,
+}
+
+/// What round 1 produced: the indexes, and the data of the shards read whole.
+struct RoundOne<T> {
+    indexes: Vec<Option<Arc<Vec<IndexEntry>>>>,
+    whole_done: Vec<bool>,
+    data: Vec<T>,
+    failures: Vec<ChunkFailure>,
+    present: usize,
+    missing: usize,
+}
+
+/// A decoded round-1 answer: the index and, for a whole shard, its inner chunks (`None`:
+/// empty).
+struct ShardDecoded<T> {
     entries: Arc<Vec<IndexEntry>>,
-    whole: Option<Bytes>,
+    whole: bool,
+    chunks: Vec<(Vec<u64>, InnerResult<T>)>,
 }
 
-/// Decodes shard indexes; region = the shard's position in the list of touched shards.
-struct IndexDecoder {
+/// One inner chunk of a whole shard: its elements, `None` when empty, or why it failed.
+type InnerResult<T> = Result<Option<Vec<T>>, Error>;
+
+/// Decodes round-1 answers: a shard index, or a whole shard (index and inner chunks, so a
+/// shard is decoded the moment it arrives, while other shards are still in flight).
+struct ShardDecoder<T> {
     sharding: Arc<Sharding>,
+    chunks: ArrayChunkDecoder<T>,
+    array_shape: Arc<Vec<u64>>,
 }
 
-impl ChunkDecoder for IndexDecoder {
-    type Region = usize;
-    type Decoded = ShardRead;
-    type Output = Vec<Option<ShardRead>>;
+impl<T: Element> ChunkDecoder for ShardDecoder<T> {
+    type Region = ShardRegion;
+    type Decoded = ShardDecoded<T>;
+    type Output = RoundOne<T>;
 
-    fn decode(&self, request: &Request, bytes: Bytes, _: &usize) -> crate::Result<ShardRead> {
+    fn decode(
+        &self,
+        request: &Request,
+        bytes: Bytes,
+        region: &ShardRegion,
+    ) -> crate::Result<ShardDecoded<T>> {
         let error = |reason: String| Error::InvalidData {
             key: request.key.clone(),
             reason,
         };
-        // A range request read the index alone; a whole request read the whole shard.
-        let (index, whole) = if request.range.is_some() {
-            (bytes, None)
+        if request.range.is_some() {
+            let entries = self.sharding.decode_index(bytes).map_err(error)?;
+            return Ok(ShardDecoded {
+                entries: Arc::new(entries),
+                whole: false,
+                chunks: Vec::new(),
+            });
+        }
+        // The whole shard: its index, then every touched inner chunk from its bytes.
+        let len = self.sharding.index_len() as usize;
+        if bytes.len() < len {
+            return Err(error(format!(
+                "a shard of {} bytes cannot hold its {len}-byte index",
+                bytes.len()
+            )));
+        }
+        let index = if self.sharding.index_at_start {
+            bytes.slice(..len)
         } else {
-            let len = self.sharding.index_len() as usize;
-            if bytes.len() < len {
-                return Err(error(format!(
-                    "a shard of {} bytes cannot hold its {len}-byte index",
-                    bytes.len()
-                )));
-            }
-            let index = if self.sharding.index_at_start {
-                bytes.slice(..len)
-            } else {
-                bytes.slice(bytes.len() - len..)
-            };
-            (index, Some(bytes))
+            bytes.slice(bytes.len() - len..)
         };
         let entries = self.sharding.decode_index(index).map_err(error)?;
-        Ok(ShardRead {
+        let size = bytes.len() as u64;
+        let chunks = region
+            .inner
+            .iter()
+            .map(|(linear, origin)| {
+                let result = match entries.get(*linear) {
+                    None | Some(IndexEntry::Empty) => Ok(None),
+                    Some(IndexEntry::Invalid(reason)) => Err(error(format!(
+                        "shard index entry of the inner chunk at {origin:?}: {reason}"
+                    ))),
+                    Some(IndexEntry::Range(r)) if r.start >= size => Err(Error::range_past_end(
+                        &request.key,
+                        ByteRange::Bounded(r.clone()),
+                        size,
+                    )),
+                    Some(IndexEntry::Range(r)) => {
+                        let slice = bytes.slice(r.start as usize..r.end.min(size) as usize);
+                        let inner = Request::range(request.key.clone(), r.clone());
+                        let chunk = ChunkRegion {
+                            origin: origin.clone(),
+                            expected_len: Some(r.end - r.start),
+                        };
+                        self.chunks.decode(&inner, slice, &chunk).map(Some)
+                    }
+                };
+                (origin.clone(), result)
+            })
+            .collect();
+        Ok(ShardDecoded {
             entries: Arc::new(entries),
-            whole,
+            whole: true,
+            chunks,
         })
     }
 
-    fn write(&self, decoded: ShardRead, shard: &usize, output: &mut Self::Output) {
-        if let Some(slot) = output.get_mut(*shard) {
-            *slot = Some(decoded);
+    fn write(&self, decoded: ShardDecoded<T>, region: &ShardRegion, out: &mut RoundOne<T>) {
+        let s = region.shard;
+        if let Some(slot) = out.indexes.get_mut(s) {
+            *slot = Some(decoded.entries);
+        }
+        if let Some(done) = out.whole_done.get_mut(s) {
+            *done = decoded.whole;
+        }
+        let inner_shape = &self.sharding.inner_shape;
+        for (origin, result) in decoded.chunks {
+            let chunk = ChunkRegion {
+                origin,
+                expected_len: None,
+            };
+            match result {
+                Ok(Some(values)) => {
+                    self.chunks.write(values, &chunk, &mut out.data);
+                    out.present += 1;
+                }
+                Ok(None) => {
+                    self.chunks.fill(&chunk, &mut out.data);
+                    out.missing += 1;
+                }
+                Err(error) => {
+                    self.chunks.fill(&chunk, &mut out.data);
+                    let region = (0..chunk.origin.len())
+                        .map(|d| {
+                            let o = chunk.origin[d];
+                            o..o.saturating_add(inner_shape[d]).min(self.array_shape[d])
+                        })
+                        .collect();
+                    out.failures.push(ChunkFailure {
+                        key: error.key().unwrap_or_default().to_string(),
+                        region,
+                        error,
+                    });
+                }
+            }
         }
     }
 
-    fn fill(&self, _: &usize, _: &mut Self::Output) {}
+    /// A missing or failed shard: round 2 fills its regions.
+    fn fill(&self, _: &ShardRegion, _: &mut RoundOne<T>) {}
 }
 
 #[cfg(test)]
