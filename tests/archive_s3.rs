@@ -301,7 +301,9 @@ async fn counted_indexing_and_member_reads_at_the_s3_server() {
     }
     // The merged runs the inner store plans for the member reads (no I/O: indexes cached).
     let inner = store.inner_requests(&requests).await;
-    assert_eq!(inner.len(), 1000, "one archive range per member request");
+    // One archive range per member request; two for a range inside a stored member (its
+    // local header and the range).
+    assert!((1000..=1250).contains(&inner.len()), "{}", inner.len());
     let runs = store.inner().plan(&inner).stats.backend_requests as u64;
 
     server.reset_counts();

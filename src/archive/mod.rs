@@ -121,14 +121,19 @@ fn write_sidecar<'a, S: WritableStore>(
 /// # Reads
 ///
 /// `get_many` looks up (or builds) the index of every archive the batch touches, turns each
-/// member request into ONE byte-range request of its archive, and sends all of them, with
+/// member request into one byte-range request of its archive (two for a range inside a
+/// stored zip member), and sends all of them, with
 /// the pass-through requests, as ONE [`get_many`](Store::get_many) of the inner store, so
 /// an inner store that merges ranges (an [`ObjectStoreStore`](crate)) reads neighbouring
 /// members with one GET. Each member is yielded as soon as its read returns:
 ///
-/// * tar members and stored zip members: a range inside the member is a range of the
-///   archive; only those bytes are read (for zip, from the member's local header, which is
-///   parsed from the same read: never a separate request per member);
+/// * tar members: a range inside the member is a range of the archive; only those bytes
+///   are read;
+/// * zip members are read from their local header, which is parsed from the same read as
+///   the data (never a sequential request per member). A range inside a stored member that
+///   does not start at 0 is read as two ranges of the same batch, the local header and the
+///   range (widened by the possible length of the local extra field), which the inner store
+///   merges into one read when they are near;
 /// * deflated zip members: the compressed bytes are read, inflated (never past the declared
 ///   size, nor [`ArchiveLimits::max_member_size`]) and sliced; a whole read checks the
 ///   CRC-32;
@@ -528,8 +533,9 @@ impl<S: Store> ArchiveStore<S> {
     }
 
     /// The requests of the inner store that [`get_many`](Store::get_many) would send for
-    /// `requests` (indexes are loaded, as `get_many` would): one per member read and one
-    /// per pass-through request, in request order. Requests answered without I/O (an empty
+    /// `requests` (indexes are loaded, as `get_many` would): one per member read (two for a
+    /// range inside a stored zip member: its local header and the range) and one per
+    /// pass-through request, in request order. Requests answered without I/O (an empty
     /// member, a missing member, an invalid range, `.tar.gz` members) send none.
     pub async fn inner_requests(&self, requests: &[Request]) -> Vec<Request> {
         let plan = self.plan(requests.to_vec()).await;
@@ -604,6 +610,11 @@ impl<S: Store> ArchiveStore<S> {
             match self.member_read(&archive, index, &path, request) {
                 Ok(MemberRead::Now(result)) => plan.now.push((i, result)),
                 Ok(MemberRead::Read(inner, post)) => plan.inner.push((inner, (i, post))),
+                Ok(MemberRead::Split(parts)) => {
+                    for (inner, post) in parts {
+                        plan.inner.push((inner, (i, post)));
+                    }
+                }
                 Err(e) => plan.now.push((i, Err(e))),
             }
         }
@@ -646,6 +657,34 @@ impl<S: Store> ArchiveStore<S> {
             ArchiveKind::Zip => {
                 zip::check_member(path, &member, index.archive_size, &self.config.limits)
                     .map_err(invalid)?;
+                if member.compression == Compression::Stored && wanted.start > 0 {
+                    // A range inside a stored member: its local header and the range, as two
+                    // ranges of one batch (the inner store merges them when they are near).
+                    // The data range starts where the data would with no local extra field
+                    // and ends where it would with the longest one expected, so it holds
+                    // the wanted bytes whatever the header says within that bound.
+                    let fixed = zip::LOCAL_LEN + member.name_len as u64;
+                    let extra = member.extra_len as u64 + self.config.zip_header_slack;
+                    let size = index.archive_size;
+                    let header = member.offset..(member.offset + fixed + extra).min(size);
+                    let data = member.offset + fixed + wanted.start
+                        ..(member.offset + fixed + extra + wanted.end).min(size);
+                    let split = Arc::new(ZipSplit {
+                        key,
+                        archive: archive.to_string(),
+                        path: path.to_string(),
+                        member,
+                        wanted,
+                        data_read_start: data.start,
+                    });
+                    return Ok(MemberRead::Split([
+                        (
+                            Request::range(archive, header),
+                            Post::ZipHeader(split.clone()),
+                        ),
+                        (Request::range(archive, data), Post::ZipData(split)),
+                    ]));
+                }
                 // Stored: read up to the end of the wanted bytes; deflate: all of it.
                 let stored_end = match (member.compression, &request.range) {
                     (Compression::Stored, Some(_)) => Some(wanted.end),
@@ -692,6 +731,10 @@ impl<S: Store> ArchiveStore<S> {
     async fn finish(&self, post: Post, answer: Result<Option<Bytes>>) -> Result<Option<Bytes>> {
         match post {
             Post::Pass => answer,
+            Post::ZipHeader(split) | Post::ZipData(split) => Err(Error::InvalidData {
+                key: split.key.clone(),
+                reason: "internal: half of a split read answered alone".into(),
+            }),
             Post::Tar { key, expected } => {
                 let bytes = match answer {
                     Ok(Some(bytes)) => bytes,
@@ -754,6 +797,50 @@ impl<S: Store> ArchiveStore<S> {
         }
     }
 
+    /// Answers a range of a stored zip member from its local header and its data read.
+    async fn finish_split(
+        &self,
+        split: &ZipSplit,
+        header: Result<Option<Bytes>>,
+        data: Result<Option<Bytes>>,
+    ) -> Result<Option<Bytes>> {
+        let key = &split.key;
+        let (header, data) = match (header, data) {
+            (Err(e), _) | (_, Err(e)) => return Err(for_member(&e, key)),
+            (Ok(Some(header)), Ok(Some(data))) => (header, data),
+            _ => return Ok(None),
+        };
+        let invalid = |reason: String| Error::InvalidData {
+            key: key.clone(),
+            reason,
+        };
+        let member = &split.member;
+        let data_start = zip::locate_data(&split.path, member, &header).map_err(invalid)?;
+        let wanted = &split.wanted;
+        let len = wanted.end - wanted.start;
+        // Where the wanted bytes are in the archive, and so in the data read.
+        let at = member.offset + data_start + wanted.start;
+        let skip = at.saturating_sub(split.data_read_start);
+        if skip + len <= data.len() as u64 {
+            return Ok(Some(data.slice(skip as usize..(skip + len) as usize)));
+        }
+        // The local extra field was longer than the slack: read the bytes exactly.
+        let bytes = self
+            .inner
+            .get(&split.archive, Some(ByteRange::Bounded(at..at + len)))
+            .await
+            .map_err(|e| for_member(&e, key))?;
+        match bytes {
+            Some(bytes) if bytes.len() as u64 == len => Ok(Some(bytes)),
+            Some(bytes) => Err(invalid(format!(
+                "member {:?}: the archive ended {} bytes into the {len} bytes asked for",
+                split.path,
+                bytes.len()
+            ))),
+            None => Ok(None),
+        }
+    }
+
     /// Answers the requests of one `.tar.gz` archive: one whole read, inflated as a stream.
     async fn read_targz(
         &self,
@@ -810,6 +897,8 @@ impl<S: Store> ArchiveStore<S> {
         let (inner_requests, posts): (Vec<Request>, Vec<(usize, Post)>) =
             plan.inner.into_iter().unzip();
         let mut posts: Vec<Option<(usize, Post)>> = posts.into_iter().map(Some).collect();
+        // The first answered half of each split zip range, by request index.
+        let mut halves: HashMap<usize, Result<Option<Bytes>>> = HashMap::new();
         let limit = self.inner.io_budget().limit();
         let reads = if inner_requests.is_empty() {
             stream::empty().boxed()
@@ -817,13 +906,33 @@ impl<S: Store> ArchiveStore<S> {
             self.inner
                 .get_many(inner_requests)
                 .map(move |(j, answer)| {
-                    let post = posts.get_mut(j).and_then(Option::take);
-                    async move {
-                        match post {
-                            Some((i, post)) => Some((i, self.finish(post, answer).await)),
-                            // The inner store answered an index twice or out of range.
-                            None => None,
+                    // `None` for an index answered twice or out of range (an inner store
+                    // bug), and for the first half of a split until the second arrives.
+                    let ready = match posts.get_mut(j).and_then(Option::take) {
+                        None => None,
+                        Some((i, post @ (Post::ZipHeader(_) | Post::ZipData(_)))) => {
+                            match halves.remove(&i) {
+                                Some(other) => Some((i, post, answer, Some(other))),
+                                None => {
+                                    halves.insert(i, answer);
+                                    None
+                                }
+                            }
                         }
+                        Some((i, post)) => Some((i, post, answer, None)),
+                    };
+                    async move {
+                        let (i, post, answer, other) = ready?;
+                        let result = match (post, other) {
+                            (Post::ZipHeader(split), Some(data)) => {
+                                self.finish_split(&split, answer, data).await
+                            }
+                            (Post::ZipData(split), Some(header)) => {
+                                self.finish_split(&split, header, answer).await
+                            }
+                            (post, _) => self.finish(post, answer).await,
+                        };
+                        Some((i, result))
                     }
                 })
                 .buffer_unordered(limit)
@@ -861,11 +970,29 @@ struct BatchPlan {
 enum MemberRead {
     Now(Result<Option<Bytes>>),
     Read(Request, Post),
+    /// Two inner requests whose answers together make the member's.
+    Split([(Request, Post); 2]),
+}
+
+/// A range inside a stored zip member, read as its local header and a data range.
+struct ZipSplit {
+    key: String,
+    archive: String,
+    path: String,
+    member: Member,
+    /// The wanted bytes of the member's content.
+    wanted: std::ops::Range<u64>,
+    /// Where the data read starts in the archive.
+    data_read_start: u64,
 }
 
 /// What to do with an inner answer.
 enum Post {
     Pass,
+    /// The local header half of a [`ZipSplit`].
+    ZipHeader(Arc<ZipSplit>),
+    /// The data half of a [`ZipSplit`].
+    ZipData(Arc<ZipSplit>),
     Tar {
         key: String,
         expected: u64,

@@ -214,7 +214,8 @@ impl TarScanner {
                     .any(|k| k.starts_with("GNU.sparse."));
                 // v7 archives mark directories as regular files ('\0') with a trailing
                 // slash.
-                if !(sparse || (typeflag == 0 && name.ends_with('/'))) {
+                let v7_directory = typeflag == 0 && name.ends_with('/');
+                if !sparse && !v7_directory {
                     let member = Member {
                         offset: data,
                         stored_size: size,
