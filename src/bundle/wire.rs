@@ -22,8 +22,9 @@ const ERRORS_MEMBER: &str = "__bundle_errors.json";
 const MISSING_DIR: &str = "__404__/";
 /// Asks a getmany server for completion-order members; confirmed by the same header.
 const ORDER_HEADER: &str = "x-getmany-order";
-/// The getmany server's PAX records on members.
-const PAX_INDEX: &str = "GETMANY.index";
+/// A completion-order member's group name: `getmany:<request index>`.
+const INDEX_PREFIX: &[u8] = b"getmany:";
+/// The getmany server's PAX records on failed entries.
 const PAX_STATUS: &str = "GETMANY.status";
 const PAX_ERROR: &str = "GETMANY.error";
 /// How often a request answered 429 (overloaded) is sent again.
@@ -292,8 +293,9 @@ impl Wire {
                 BundleProtocol::AiStore => {
                     let slot = if completion {
                         member
-                            .pax
-                            .get(PAX_INDEX)
+                            .group
+                            .strip_prefix(INDEX_PREFIX)
+                            .and_then(|v| std::str::from_utf8(v).ok())
                             .and_then(|v| v.parse::<usize>().ok())
                             .ok_or_else(|| {
                                 Stop::Failed(format!(

@@ -60,7 +60,10 @@ fn env_options() -> Vec<(String, String)> {
         .collect()
 }
 
-fn buckets_of_root(root: &PathBuf) -> Result<Vec<(String, Arc<dyn Store>)>, Box<dyn std::error::Error>> {
+/// A bucket name and the store that serves it.
+type Bucket = (String, Arc<dyn Store>);
+
+fn buckets_of_root(root: &PathBuf) -> Result<Vec<Bucket>, Box<dyn std::error::Error>> {
     let mut buckets = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(root)
         .map_err(|e| format!("cannot read --root {}: {e}", root.display()))?
@@ -81,12 +84,20 @@ fn buckets_of_root(root: &PathBuf) -> Result<Vec<(String, Arc<dyn Store>)>, Box<
     Ok(buckets)
 }
 
-fn bucket_of_url(url: &str, name: Option<String>) -> Result<(String, Arc<dyn Store>), Box<dyn std::error::Error>> {
+fn bucket_of_url(
+    url: &str,
+    name: Option<String>,
+) -> Result<(String, Arc<dyn Store>), Box<dyn std::error::Error>> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("--url {url:?}: {e}"))?;
     let (store, prefix) = object_store::parse_url_opts(&parsed, env_options())
         .map_err(|e| format!("--url {url:?}: {e}"))?;
     let name = name
-        .or_else(|| parsed.host_str().filter(|h| valid_bucket_name(h)).map(str::to_owned))
+        .or_else(|| {
+            parsed
+                .host_str()
+                .filter(|h| valid_bucket_name(h))
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| "data".to_string());
     let store = ObjectStoreStore::new(Arc::from(store)).with_prefix(prefix.as_ref())?;
     Ok((name, Arc::new(store)))
