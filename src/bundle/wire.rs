@@ -260,7 +260,9 @@ impl Wire {
             .map(|(i, e)| (e.key.as_str(), i))
             .collect();
         let mut skipped: HashMap<String, (String, Option<String>)> = HashMap::new();
+        // Placeholders without a reason, answered after the stream by asking again.
         let mut unresolved = Vec::new();
+        let mut deferred = vec![false; n];
         let mut position = 0;
         let mut delivered = 0;
         loop {
@@ -317,8 +319,13 @@ impl Wire {
                         Placement::Failed(result) => (slot, result),
                         Placement::Unexplained => {
                             // A placeholder without a reason (a real AIStore): ask again below.
+                            if std::mem::replace(&mut deferred[slot], true) {
+                                return Err(Stop::Failed(format!(
+                                    "the bundle answered {:?} twice",
+                                    entry.key
+                                )));
+                            }
                             unresolved.push(slot);
-                            answered[slot] = true;
                             continue;
                         }
                         Placement::OutOfStep => {
@@ -330,7 +337,7 @@ impl Wire {
                     }
                 }
             };
-            if answered[slot] {
+            if answered[slot] || deferred[slot] {
                 return Err(Stop::Failed(format!(
                     "the bundle answered {:?} twice",
                     entries[slot].key
@@ -345,6 +352,7 @@ impl Wire {
 
         for slot in unresolved {
             let result = self.probe(&entries[slot]).await;
+            answered[slot] = true;
             tx.send((slot, result))
                 .await
                 .map_err(|_| Stop::ReaderGone)?;
