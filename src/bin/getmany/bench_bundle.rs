@@ -42,6 +42,9 @@ pub struct BenchBundleArgs {
     /// Reads in flight for the default concurrent get_many.
     #[arg(long, default_value_t = IoBudget::DEFAULT_LIMIT)]
     in_flight: usize,
+    /// Bundles in flight for BundleStore (its default is 4).
+    #[arg(long, default_value_t = 4)]
+    bundles_in_flight: usize,
     /// Skip the default concurrent get_many (for profiling the bundle paths alone; the
     /// speed-up column then compares with the first strategy run).
     #[arg(long)]
@@ -310,8 +313,12 @@ pub async fn run(args: BenchBundleArgs) -> Result<(), Box<dyn std::error::Error>
         )
         .build()?;
     let concurrent = ObjectStoreStore::new(Arc::new(s3)).with_budget(IoBudget::new(args.in_flight));
-    let tigris = BundleStore::tigris(proxy.url(), BUCKET).build()?;
-    let aistore = BundleStore::aistore(proxy.url(), BUCKET).build()?;
+    let tigris = BundleStore::tigris(proxy.url(), BUCKET)
+        .bundles_in_flight(args.bundles_in_flight)
+        .build()?;
+    let aistore = BundleStore::aistore(proxy.url(), BUCKET)
+        .bundles_in_flight(args.bundles_in_flight)
+        .build()?;
     let tigris_one = BundleStore::tigris(proxy.url(), BUCKET)
         .min_keys_per_bundle(usize::MAX)
         .build()?;
@@ -322,7 +329,7 @@ pub async fn run(args: BenchBundleArgs) -> Result<(), Box<dyn std::error::Error>
     let split = args
         .objects
         .div_ceil(5000)
-        .max((args.objects / 256).clamp(1, 4));
+        .max((args.objects / 256).clamp(1, args.bundles_in_flight.max(1)));
     let per_bundle = args.objects.div_ceil(split);
 
     let strategies: Vec<(String, &dyn Store, bool)> = vec![
@@ -332,12 +339,12 @@ pub async fn run(args: BenchBundleArgs) -> Result<(), Box<dyn std::error::Error>
             true,
         ),
         (
-            format!("BundleStore, Tigris (defaults: {split} bundles of {per_bundle})"),
+            format!("BundleStore, Tigris ({split} bundles of {per_bundle})"),
             &tigris,
             false,
         ),
         (
-            format!("BundleStore, AIStore (defaults: {split} bundles of {per_bundle})"),
+            format!("BundleStore, AIStore ({split} bundles of {per_bundle})"),
             &aistore,
             false,
         ),
