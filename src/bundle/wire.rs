@@ -552,7 +552,8 @@ fn sign(
         .into_parts();
     let (signed, _) = instructions.into_parts();
     for header in signed {
-        let name = HeaderName::from_static(header.name());
+        let name = HeaderName::from_bytes(header.name().as_bytes())
+            .map_err(|_| "a signature header has an invalid name".to_string())?;
         let value = HeaderValue::from_str(header.value())
             .map_err(|_| "a signature header is not a valid header value".to_string())?;
         headers.insert(name, value);
