@@ -138,7 +138,9 @@ impl BundleStoreBuilder {
         self
     }
 
-    /// The I/O budget; each bundle in flight holds one unit (default: 64 units).
+    /// The I/O budget; each bundle in flight holds one unit until its last member is read
+    /// (default: 64 units). A consumer that calls `get_many` again while it holds open
+    /// streams needs a unit per open bundle, so keep the budget above the nesting depth.
     pub fn budget(mut self, budget: IoBudget) -> Self {
         self.budget = Some(budget);
         self
