@@ -714,6 +714,7 @@ async fn reorder_window_bounds_what_the_server_holds() {
     let hold = faults.hold("o/0");
     let client = BundleStore::tigris(server.url(), "data")
         .completion_order(false)
+        .min_keys_per_bundle(usize::MAX)
         .build()
         .unwrap();
     let requests: Vec<Request> = (0..N).map(|i| Request::whole(format!("o/{i}"))).collect();
@@ -813,18 +814,31 @@ async fn duplicates_are_fetched_once_and_big_batches_split_into_bundles() {
     );
     assert_eq!(server.stats().bundles(), 1);
 
-    // 6,000 distinct keys: two bundles (5,000 + 1,000).
+    // 6,000 distinct keys, as few bundles as the 5,000-key limit allows: two.
     backend.reset();
     let requests: Vec<Request> = (0..6_000)
         .map(|i| Request::whole(format!("k/{i}")))
         .collect();
-    let answers: Vec<_> = client.get_many(requests).collect().await;
+    let fewest = BundleStore::tigris(server.url(), "data")
+        .min_keys_per_bundle(usize::MAX)
+        .build()
+        .unwrap();
+    let answers: Vec<_> = fewest.get_many(requests.clone()).collect().await;
     assert_eq!(answers.len(), 6_000);
     for (i, result) in answers {
         assert_eq!(result.unwrap().unwrap(), format!("v{i}"));
     }
-    assert_eq!(server.stats().bundles(), 3);
+    assert_eq!(server.stats().bundles(), 1 + 2);
     assert_eq!(backend.snapshot().reads, 6_000);
+    // With the defaults the batch is spread over 4 bundles in flight (1,500 keys each).
+    let answers: Vec<_> = client.get_many(requests).collect().await;
+    assert_eq!(answers.len(), 6_000);
+    assert!(
+        answers
+            .iter()
+            .all(|(i, r)| matches!(r, Ok(Some(v)) if *v == format!("v{i}")))
+    );
+    assert_eq!(server.stats().bundles(), 1 + 2 + 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,6 +53,7 @@ pub struct BundleStoreBuilder {
     compression: BundleCompression,
     max_keys: usize,
     bundles_in_flight: usize,
+    min_keys_per_bundle: usize,
     ranged: Option<Arc<dyn Store>>,
     budget: Option<IoBudget>,
     client: Option<reqwest::Client>,
@@ -119,6 +120,16 @@ impl BundleStoreBuilder {
         self
     }
 
+    /// A batch is spread over up to [`bundles_in_flight`](Self::bundles_in_flight) bundles
+    /// as long as each gets at least this many keys (default 256); 4,096 keys go out as 4
+    /// bundles of 1,024 at once. One TCP stream is often slower than the link (and one
+    /// server stream is one pipeline); a few streams use both ends' cores. `usize::MAX`
+    /// sends as few bundles as [`max_keys`](Self::max_keys) allows.
+    pub fn min_keys_per_bundle(mut self, keys: usize) -> Self {
+        self.min_keys_per_bundle = keys.max(1);
+        self
+    }
+
     /// The store that serves byte-range requests on the Tigris protocol, typically an
     /// [`ObjectStoreStore`](crate::ObjectStoreStore) over `object_store`'s S3 client pointed
     /// at the same endpoint. Without one, ranged reads on Tigris fail with `NotSupported`.
@@ -127,7 +138,9 @@ impl BundleStoreBuilder {
         self
     }
 
-    /// The I/O budget; each bundle in flight holds one unit (default: 64 units).
+    /// The I/O budget; each bundle in flight holds one unit until its last member is read
+    /// (default: 64 units). A consumer that calls `get_many` again while it holds open
+    /// streams needs a unit per open bundle, so keep the budget above the nesting depth.
     pub fn budget(mut self, budget: IoBudget) -> Self {
         self.budget = Some(budget);
         self
@@ -226,6 +239,7 @@ impl BundleStoreBuilder {
             }),
             max_keys: self.max_keys,
             bundles_in_flight: self.bundles_in_flight,
+            min_keys_per_bundle: self.min_keys_per_bundle,
             ranged: self.ranged,
             budget: self.budget.unwrap_or_default(),
         })
@@ -237,7 +251,9 @@ impl BundleStoreBuilder {
 /// response's tar stream as it arrives, answering every request the moment its member is
 /// complete.
 ///
-/// * **Round trips**: `ceil(distinct keys / max_keys)` requests, up to
+/// * **Round trips**: one, for up to `max_keys × bundles_in_flight` distinct keys: the keys
+///   go out as `max(ceil(keys / max_keys), min(bundles_in_flight, keys /
+///   min_keys_per_bundle))` bundles of equal size, up to
 ///   [`bundles_in_flight`](BundleStoreBuilder::bundles_in_flight) at once, each holding one
 ///   unit of the store's [`IoBudget`]. A duplicate key is fetched once and answers every
 ///   request for it.
@@ -294,6 +310,7 @@ pub struct BundleStore {
     inner: Arc<wire::Wire>,
     max_keys: usize,
     bundles_in_flight: usize,
+    min_keys_per_bundle: usize,
     ranged: Option<Arc<dyn Store>>,
     budget: IoBudget,
 }
@@ -337,6 +354,7 @@ impl BundleStore {
             compression: BundleCompression::None,
             max_keys: MAX_KEYS_PER_BUNDLE,
             bundles_in_flight: 4,
+            min_keys_per_bundle: 256,
             ranged: None,
             budget: None,
             client: None,
@@ -498,11 +516,18 @@ impl Store for BundleStore {
         };
 
         let entries = plan.entries;
-        let chunks: Vec<Arc<Vec<WireEntry>>> = entries
-            .chunks(self.max_keys)
-            .map(|c| Arc::new(c.to_vec()))
-            .collect();
         let in_flight = self.bundles_in_flight.min(self.budget.limit()).max(1);
+        let chunks: Vec<Arc<Vec<WireEntry>>> = if entries.is_empty() {
+            Vec::new()
+        } else {
+            let needed = entries.len().div_ceil(self.max_keys);
+            let parallel = (entries.len() / self.min_keys_per_bundle).clamp(1, in_flight);
+            let per_bundle = entries.len().div_ceil(needed.max(parallel));
+            entries
+                .chunks(per_bundle)
+                .map(|c| Arc::new(c.to_vec()))
+                .collect()
+        };
         let bundles = stream::iter(chunks)
             .map(move |chunk| {
                 let answers = self.bundle(chunk.clone());

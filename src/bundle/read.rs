@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::io;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_tar::{Archive, Entry};
@@ -15,12 +15,13 @@ use tokio_tar::{Archive, Entry};
 /// The most bytes of PAX records or of a GNU long name accepted for one member.
 const MAX_EXTENSION_BYTES: u64 = 1 << 20;
 
-/// A member of the stream: its name, bytes and PAX records.
+/// A member of the stream: its name, bytes, PAX records and group name.
 #[derive(Debug)]
 pub(crate) struct TarMember {
     pub name: String,
     pub data: Bytes,
     pub pax: HashMap<String, String>,
+    pub group: Vec<u8>,
 }
 
 /// Members of a tar stream, one at a time.
@@ -37,15 +38,21 @@ async fn read_exactly<R: AsyncRead + Unpin>(
     entry: &mut Entry<Archive<R>>,
     size: u64,
     what: &str,
-) -> io::Result<Vec<u8>> {
-    // Capacity grows with what arrives; the declared size was checked against a cap.
-    let mut buf = Vec::with_capacity(size.min(8 << 20) as usize);
-    entry.read_to_end(&mut buf).await?;
-    if buf.len() as u64 != size {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("{what} ended after {} of {size} bytes", buf.len()),
-        ));
+) -> io::Result<BytesMut> {
+    // Reads straight into spare capacity (no zeroing, no reallocation for the usual case);
+    // the capacity grows with what arrives beyond 8 MiB, and the declared size was checked
+    // against a cap.
+    let mut buf = BytesMut::with_capacity(size.min(8 << 20) as usize);
+    while (buf.len() as u64) < size {
+        let want = (size - buf.len() as u64).min(8 << 20) as usize;
+        buf.reserve(want);
+        let read = (&mut *entry).take(want as u64).read_buf(&mut buf).await?;
+        if read == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{what} ended after {} of {size} bytes", buf.len()),
+            ));
+        }
     }
     Ok(buf)
 }
@@ -147,11 +154,13 @@ impl<R: AsyncRead + Unpin + Send + 'static> TarMembers<R> {
                     self.max_member_bytes
                 )));
             }
+            let group = header.groupname_bytes().unwrap_or_default().to_vec();
             let data = read_exactly(&mut entry, size, &format!("member {name:?}")).await?;
             return Ok(Some(TarMember {
                 name,
-                data: Bytes::from(data),
+                data: data.freeze(),
                 pax,
+                group,
             }));
         }
     }

@@ -22,8 +22,9 @@ const ERRORS_MEMBER: &str = "__bundle_errors.json";
 const MISSING_DIR: &str = "__404__/";
 /// Asks a getmany server for completion-order members; confirmed by the same header.
 const ORDER_HEADER: &str = "x-getmany-order";
-/// The getmany server's PAX records on members.
-const PAX_INDEX: &str = "GETMANY.index";
+/// A completion-order member's group name: `getmany:<request index>`.
+const INDEX_PREFIX: &[u8] = b"getmany:";
+/// The getmany server's PAX records on failed entries.
 const PAX_STATUS: &str = "GETMANY.status";
 const PAX_ERROR: &str = "GETMANY.error";
 /// How often a request answered 429 (overloaded) is sent again.
@@ -259,7 +260,9 @@ impl Wire {
             .map(|(i, e)| (e.key.as_str(), i))
             .collect();
         let mut skipped: HashMap<String, (String, Option<String>)> = HashMap::new();
+        // Placeholders without a reason, answered after the stream by asking again.
         let mut unresolved = Vec::new();
+        let mut deferred = vec![false; n];
         let mut position = 0;
         let mut delivered = 0;
         loop {
@@ -292,8 +295,9 @@ impl Wire {
                 BundleProtocol::AiStore => {
                     let slot = if completion {
                         member
-                            .pax
-                            .get(PAX_INDEX)
+                            .group
+                            .strip_prefix(INDEX_PREFIX)
+                            .and_then(|v| std::str::from_utf8(v).ok())
                             .and_then(|v| v.parse::<usize>().ok())
                             .ok_or_else(|| {
                                 Stop::Failed(format!(
@@ -315,8 +319,13 @@ impl Wire {
                         Placement::Failed(result) => (slot, result),
                         Placement::Unexplained => {
                             // A placeholder without a reason (a real AIStore): ask again below.
+                            if std::mem::replace(&mut deferred[slot], true) {
+                                return Err(Stop::Failed(format!(
+                                    "the bundle answered {:?} twice",
+                                    entry.key
+                                )));
+                            }
                             unresolved.push(slot);
-                            answered[slot] = true;
                             continue;
                         }
                         Placement::OutOfStep => {
@@ -328,7 +337,7 @@ impl Wire {
                     }
                 }
             };
-            if answered[slot] {
+            if answered[slot] || deferred[slot] {
                 return Err(Stop::Failed(format!(
                     "the bundle answered {:?} twice",
                     entries[slot].key
@@ -343,6 +352,7 @@ impl Wire {
 
         for slot in unresolved {
             let result = self.probe(&entries[slot]).await;
+            answered[slot] = true;
             tx.send((slot, result))
                 .await
                 .map_err(|_| Stop::ReaderGone)?;
@@ -542,7 +552,8 @@ fn sign(
         .into_parts();
     let (signed, _) = instructions.into_parts();
     for header in signed {
-        let name = HeaderName::from_static(header.name());
+        let name = HeaderName::from_bytes(header.name().as_bytes())
+            .map_err(|_| "a signature header has an invalid name".to_string())?;
         let value = HeaderValue::from_str(header.value())
             .map_err(|_| "a signature header is not a valid header value".to_string())?;
         headers.insert(name, value);

@@ -10,7 +10,7 @@ use hyper::header::HeaderValue;
 use hyper::{Method, StatusCode};
 use s3s::{Body, S3Request, S3Response, S3Result};
 
-use super::archive::{ArchiveWriter, Compression, Member, PAX_ERROR, PAX_INDEX, PAX_STATUS};
+use super::archive::{ArchiveWriter, Compression, Member, PAX_ERROR, PAX_STATUS};
 use super::body::{Assemble, BodyContext, archive_stream, collect_limited, http_body};
 use super::fetch::{Fetch, Fetcher};
 use super::invalid_key_reason;
@@ -554,9 +554,7 @@ impl Assemble for MossAssemble {
             (_, result) => result,
         };
         let mut pax = Vec::new();
-        if self.completion_order {
-            pax.push((PAX_INDEX, index.to_string()));
-        }
+        let member_index = self.completion_order.then_some(index);
         let (status, message) = match result {
             Ok(Some(data)) => {
                 self.record(&entry, data.len() as u64, None);
@@ -564,6 +562,7 @@ impl Assemble for MossAssemble {
                     name: entry.name,
                     data,
                     pax,
+                    index: member_index,
                 }));
             }
             Ok(None) => (
@@ -588,6 +587,7 @@ impl Assemble for MossAssemble {
             name: format!("{MISSING_DIR}/{}", entry.name),
             data: Bytes::new(),
             pax,
+            index: member_index,
         }))
     }
 

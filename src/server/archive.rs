@@ -11,8 +11,9 @@ use futures::stream::Stream;
 
 // The server's own PAX records (vendor records, ignored by other readers).
 
-/// PAX record: the request index a member answers (completion-order bundles).
-pub const PAX_INDEX: &str = "GETMANY.index";
+/// The group-name field of a completion-order member holds `getmany:<request index>`: no
+/// extra header block per member (a PAX record would cost 1 KiB each).
+pub const INDEX_PREFIX: &str = "getmany:";
 /// PAX record: the HTTP status of a failed entry's placeholder (404, 416, 500, ...).
 pub const PAX_STATUS: &str = "GETMANY.status";
 /// PAX record: why an entry failed.
@@ -20,12 +21,14 @@ pub const PAX_ERROR: &str = "GETMANY.error";
 
 const BLOCK: usize = 512;
 
-/// A member to write: its name, its bytes and extra PAX records.
+/// A member to write: its name, its bytes, extra PAX records, and the request index it
+/// answers (completion-order bundles only).
 #[derive(Debug, Clone)]
 pub struct Member {
     pub name: String,
     pub data: Bytes,
     pub pax: Vec<(&'static str, String)>,
+    pub index: Option<usize>,
 }
 
 /// How members are laid out in the body.
@@ -128,7 +131,7 @@ fn pax_record(key: &str, value: &str) -> Vec<u8> {
     format!("{len} {key}={value}\n").into_bytes()
 }
 
-fn header(name: &[u8], size: u64, kind: tar::EntryType) -> tar::Header {
+fn header(name: &[u8], size: u64, kind: tar::EntryType, index: Option<usize>) -> tar::Header {
     let mut header = tar::Header::new_ustar();
     header.set_size(size);
     header.set_mode(0o644);
@@ -137,6 +140,11 @@ fn header(name: &[u8], size: u64, kind: tar::EntryType) -> tar::Header {
     if let Some(ustar) = header.as_ustar_mut() {
         let n = name.len().min(ustar.name.len());
         ustar.name[..n].copy_from_slice(&name[..n]);
+        if let Some(index) = index {
+            let group = format!("{INDEX_PREFIX}{index}");
+            let n = group.len().min(ustar.gname.len());
+            ustar.gname[..n].copy_from_slice(&group.as_bytes()[..n]);
+        }
     }
     header.set_cksum();
     header
@@ -162,9 +170,14 @@ fn tar_member(member: Member) -> Vec<Bytes> {
             records.extend(pax_record(key, value));
         }
         let pax_name = b"././@PaxHeader";
-        let mut block = header(pax_name, records.len() as u64, tar::EntryType::XHeader)
-            .as_bytes()
-            .to_vec();
+        let mut block = header(
+            pax_name,
+            records.len() as u64,
+            tar::EntryType::XHeader,
+            None,
+        )
+        .as_bytes()
+        .to_vec();
         let len = records.len() as u64;
         block.extend(records);
         if let Some(pad) = padding(len) {
@@ -180,7 +193,7 @@ fn tar_member(member: Member) -> Vec<Bytes> {
     }
     let size = member.data.len() as u64;
     out.push(Bytes::copy_from_slice(
-        header(&name[..cut], size, tar::EntryType::Regular).as_bytes(),
+        header(&name[..cut], size, tar::EntryType::Regular, member.index).as_bytes(),
     ));
     if size > 0 {
         out.push(member.data);
@@ -368,6 +381,7 @@ mod tests {
                     name: name.to_string(),
                     data,
                     pax,
+                    index: None,
                 })
                 .unwrap()
             {

@@ -32,8 +32,8 @@
 //!
 //! A client may ask for *completion order* with the request header `x-getmany-order:
 //! completion`: members then leave as each object arrives, each carrying its request index
-//! in a PAX record `GETMANY.index` (other readers ignore it), and the response carries the
-//! same header. [`BundleStore`](crate) uses it so a slow object never holds back fast ones;
+//! in the tar header's group-name field (`getmany:<index>`, no extra header block), and the
+//! response carries the same header. [`BundleStore`](crate) uses it so a slow object never holds back fast ones;
 //! other clients get strict request order.
 //!
 //! # Security

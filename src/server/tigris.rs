@@ -9,7 +9,7 @@ use hyper::StatusCode;
 use hyper::header::HeaderValue;
 use s3s::{Body, S3Request, S3Response, S3Result};
 
-use super::archive::{ArchiveWriter, Compression, Member, PAX_INDEX};
+use super::archive::{ArchiveWriter, Compression, Member};
 use super::body::{Assemble, BodyContext, archive_stream, http_body};
 use super::fetch::{Fetch, Fetcher};
 use super::invalid_key_reason;
@@ -365,18 +365,12 @@ impl Assemble for TigrisAssemble {
     ) -> std::result::Result<Option<Member>, String> {
         let key = self.keys[index].clone();
         match result {
-            Ok(Some(data)) => {
-                let pax = if self.completion_order {
-                    vec![(PAX_INDEX, index.to_string())]
-                } else {
-                    Vec::new()
-                };
-                Ok(Some(Member {
-                    name: key,
-                    data,
-                    pax,
-                }))
-            }
+            Ok(Some(data)) => Ok(Some(Member {
+                name: key,
+                data,
+                pax: Vec::new(),
+                index: self.completion_order.then_some(index),
+            })),
             Ok(None) if self.fail_mode => Err(format!(
                 "key {key:?} disappeared after the fail-mode check; the bundle is cut"
             )),
@@ -409,6 +403,7 @@ impl Assemble for TigrisAssemble {
             name: ERRORS_MEMBER.to_string(),
             data: Bytes::from(json),
             pax: Vec::new(),
+            index: None,
         }]
     }
 }

@@ -60,10 +60,10 @@ fn env_options() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Bucket names and the stores that serve them.
-type Buckets = Vec<(String, Arc<dyn Store>)>;
+/// A bucket name and the store that serves it.
+type Bucket = (String, Arc<dyn Store>);
 
-fn buckets_of_root(root: &PathBuf) -> Result<Buckets, Box<dyn std::error::Error>> {
+fn buckets_of_root(root: &PathBuf) -> Result<Vec<Bucket>, Box<dyn std::error::Error>> {
     let mut buckets = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(root)
         .map_err(|e| format!("cannot read --root {}: {e}", root.display()))?

@@ -1,0 +1,77 @@
+//! `getmany serve`, the binary: it prints its address, serves a directory of buckets to
+//! BundleStore, and refuses to listen publicly without credentials.
+
+#![cfg(feature = "cli")]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use futures::StreamExt;
+use getmany::{BundleStore, Request, Store};
+
+/// Kills the server when the test ends, however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_prints_its_address_and_serves_a_root_of_buckets() {
+    let root = tempfile::tempdir().unwrap();
+    for (bucket, key, data) in [("one", "a/b", "in one"), ("two", "c", "in two")] {
+        let path = root.path().join(bucket).join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_getmany"))
+        .args(["serve", "--root"])
+        .arg(root.path())
+        .args(["--listen", "127.0.0.1:0", "--token", "t"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let server = Server(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first.strip_prefix("listening on ").unwrap().to_string();
+    assert_eq!(lines.next().unwrap().unwrap(), "buckets: one, two");
+
+    let tigris = BundleStore::tigris(&url, "one").build().unwrap();
+    let got: Vec<_> = tigris
+        .get_many(vec![Request::whole("a/b"), Request::whole("nope")])
+        .collect()
+        .await;
+    assert_eq!(got.len(), 2);
+    for (i, r) in got {
+        match i {
+            0 => assert_eq!(r.unwrap().unwrap(), "in one"),
+            _ => assert_eq!(r.unwrap(), None),
+        }
+    }
+    let aistore = BundleStore::aistore(&url, "two")
+        .token("t")
+        .build()
+        .unwrap();
+    assert_eq!(aistore.get("c", None).await.unwrap().unwrap(), "in two");
+    drop(server);
+}
+
+#[test]
+fn serve_refuses_a_public_address_without_credentials() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("b")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_getmany"))
+        .args(["serve", "--root"])
+        .arg(root.path())
+        .args(["--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("without credentials"), "{stderr}");
+}
