@@ -64,10 +64,10 @@ impl MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<Bytes>> {
-        if let Some(range) = &range {
-            if range.invalid_reason().is_some() {
-                return slice_object(key, &Bytes::new(), Some(range.clone())).map(Some);
-            }
+        if let Some(range) = &range
+            && range.invalid_reason().is_some()
+        {
+            return slice_object(key, &Bytes::new(), Some(range.clone())).map(Some);
         }
         let value = self.read().get(key).cloned();
         match value {

@@ -601,10 +601,10 @@ mod tests {
         async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<Bytes>> {
             let value = self.inner.get(key, range).await?;
             let served = self.served.fetch_add(1, Ordering::SeqCst) + 1;
-            if let Some((n, tx)) = &self.signal_after {
-                if served == *n {
-                    let _ = lock(tx).try_send(());
-                }
+            if let Some((n, tx)) = &self.signal_after
+                && served == *n
+            {
+                let _ = lock(tx).try_send(());
             }
             Ok(value.map(|bytes| {
                 self.live.up();
@@ -643,16 +643,16 @@ mod tests {
         type Output = Vec<u64>;
 
         fn decode(&self, request: &Request, bytes: Bytes, chunk: &usize) -> Result<Decoded> {
-            if let Some((n, rx)) = &self.wait_for {
-                if chunk == n {
-                    // Only a decode running off the async thread can see this arrive.
-                    lock(rx)
-                        .recv_timeout(Duration::from_secs(20))
-                        .map_err(|_| Error::InvalidData {
-                            key: request.key.clone(),
-                            reason: "decode blocked the reads".into(),
-                        })?;
-                }
+            if let Some((n, rx)) = &self.wait_for
+                && chunk == n
+            {
+                // Only a decode running off the async thread can see this arrive.
+                lock(rx)
+                    .recv_timeout(Duration::from_secs(20))
+                    .map_err(|_| Error::InvalidData {
+                        key: request.key.clone(),
+                        reason: "decode blocked the reads".into(),
+                    })?;
             }
             std::thread::sleep(Duration::from_micros(300));
             if bytes.len() != 64 {

@@ -426,10 +426,10 @@ impl<S: Store> ArchiveStore<S> {
         let Some(index) = index else {
             return Ok(None);
         };
-        if let Some(write) = self.sidecar_writer {
-            if let Err(e) = write(&self.inner, &sidecar_key, index.to_sidecar().into()).await {
-                tracing::warn!(archive, error = %e, "could not write the sidecar index");
-            }
+        if let Some(write) = self.sidecar_writer
+            && let Err(e) = write(&self.inner, &sidecar_key, index.to_sidecar().into()).await
+        {
+            tracing::warn!(archive, error = %e, "could not write the sidecar index");
         }
         Ok(Some(index))
     }
@@ -548,10 +548,11 @@ impl<S: Store> ArchiveStore<S> {
         let mut archives: Vec<(String, ArchiveKind)> = Vec::new();
         let mut seen = HashSet::new();
         for route in &routes {
-            if let Route::Member { archive, kind, .. } = route {
-                if *kind != ArchiveKind::TarGz && seen.insert(archive.clone()) {
-                    archives.push((archive.clone(), *kind));
-                }
+            if let Route::Member { archive, kind, .. } = route
+                && *kind != ArchiveKind::TarGz
+                && seen.insert(archive.clone())
+            {
+                archives.push((archive.clone(), *kind));
             }
         }
         let limit = self.inner.io_budget().limit();

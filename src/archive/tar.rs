@@ -133,19 +133,19 @@ impl TarScanner {
             };
             let mut size = header_size;
             let is_regular = matches!(typeflag, b'0' | 0 | b'7');
-            if is_regular {
-                if let Some(v) = self.pax.get("size").or_else(|| self.global_pax.get("size")) {
-                    match std::str::from_utf8(v)
-                        .ok()
-                        .and_then(|s| s.parse::<u64>().ok())
-                    {
-                        Some(n) => size = n,
-                        None => {
-                            return self.stop(format!(
-                                "bad PAX header before byte {pos}: size {:?} is not a number",
-                                String::from_utf8_lossy(v)
-                            ));
-                        }
+            if is_regular
+                && let Some(v) = self.pax.get("size").or_else(|| self.global_pax.get("size"))
+            {
+                match std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
+                    Some(n) => size = n,
+                    None => {
+                        return self.stop(format!(
+                            "bad PAX header before byte {pos}: size {:?} is not a number",
+                            String::from_utf8_lossy(v)
+                        ));
                     }
                 }
             }
@@ -227,12 +227,12 @@ impl TarScanner {
                         encrypted: false,
                     };
                     self.members.push((name.clone(), member));
-                    if let Some(archive_size) = self.archive_size {
-                        if data + size > archive_size {
-                            return self.stop(format!(
+                    if let Some(archive_size) = self.archive_size
+                        && data + size > archive_size
+                    {
+                        return self.stop(format!(
                                 "member {name:?} declares {size} bytes at byte {data}, past the end of the archive ({archive_size} bytes)"
                             ));
-                        }
                     }
                 }
             }

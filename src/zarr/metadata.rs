@@ -211,14 +211,14 @@ impl ArrayMetadata {
         let codecs_value = cx.field(root, "codecs")?;
         let codecs = cx.chain(codecs_value, "codecs", &chunk_shape, data_type, true)?;
 
-        if let Some(t) = root.get("storage_transformers") {
-            if t.as_array().is_none_or(|a| !a.is_empty()) {
-                return Err(cx.bad(
-                    "storage_transformers",
-                    t,
-                    "unsupported: storage transformers are not read",
-                ));
-            }
+        if let Some(t) = root.get("storage_transformers")
+            && t.as_array().is_none_or(|a| !a.is_empty())
+        {
+            return Err(cx.bad(
+                "storage_transformers",
+                t,
+                "unsupported: storage transformers are not read",
+            ));
         }
         const KNOWN: [&str; 11] = [
             "zarr_format",

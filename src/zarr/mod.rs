@@ -686,16 +686,16 @@ impl<T: Element> ChunkDecoder for ArrayChunkDecoder<T> {
             Some(range) => format!("inner chunk at {:?} ({range})", region.origin),
             None => format!("chunk at {:?}", region.origin),
         };
-        if let Some(expected) = region.expected_len {
-            if bytes.len() as u64 != expected {
-                return Err(Error::InvalidData {
-                    key: request.key.clone(),
-                    reason: format!(
-                        "{what}: the shard index entry points past the end of the shard ({} of {expected} bytes there)",
-                        bytes.len()
-                    ),
-                });
-            }
+        if let Some(expected) = region.expected_len
+            && bytes.len() as u64 != expected
+        {
+            return Err(Error::InvalidData {
+                key: request.key.clone(),
+                reason: format!(
+                    "{what}: the shard index entry points past the end of the shard ({} of {expected} bytes there)",
+                    bytes.len()
+                ),
+            });
         }
         self.chain
             .decode(bytes)
