@@ -56,17 +56,17 @@ impl CoalescePolicy {
 impl Default for CoalescePolicy {
     /// `max_gap = Within(64 KiB)`, `max_merged = 16 MiB`, `split_size = 64 MiB`.
     ///
-    /// Measured with `getmany bench --sweep` (README, "Choosing the defaults"; 10 ms round
-    /// trip, 1,000 ranges of 16 KiB: half the slots of 10 objects):
+    /// Measured with `getmany bench-store --sweep` (README, "Choosing the defaults"; 10 ms
+    /// round trip, 1,000 ranges of 16 KiB: half the slots of 10 objects):
     ///
-    /// * gap: never merging took 222 ms (1,000 GETs); gap 0, 115 ms (497 GETs); 16 KiB,
-    ///   67 ms; 64 KiB, 35 ms (42 GETs) for 1.8x over-read; 1 MiB, 29–36 ms for 1.9–2.0x.
-    ///   64 KiB takes nearly all of the gain while a gap stays far cheaper than a round trip
-    ///   (64 KiB at ~1 GB/s is ~0.06 ms); larger gaps add over-read for little or nothing
-    ///   (VirtualiZarr saw a 1 MiB gap read 3.16x the bytes and run slower).
+    /// * gap: never merging took 219 ms (1,000 GETs); gap 0, 117 ms (497 GETs); 16 KiB,
+    ///   69 ms; 64 KiB, 28 ms (42 GETs) for 1.8x over-read; 1 MiB, 29–33 ms for 1.9–2.0x.
+    ///   64 KiB takes the whole gain while a gap stays far cheaper than a round trip
+    ///   (64 KiB at ~1 GB/s is ~0.06 ms); larger gaps only add over-read (VirtualiZarr saw
+    ///   a 1 MiB gap read 3.16x the bytes and run slower).
     /// * max_merged: 1 MiB and 16 MiB ran the same at a 64 KiB gap; 16 MiB makes fewer
     ///   requests (cheaper where requests are billed) and bounds what one buffer holds.
-    /// * split_size: on this loopback a 64 MiB read ran in 64 ms whole and 119 ms as 2–8
+    /// * split_size: on this loopback a 64 MiB read ran in 62 ms whole and ~105 ms as 2–16
     ///   parts (the client is CPU-bound and parts cost a reassembly copy), so only reads
     ///   beyond 64 MiB are split: there, the per-connection throughput limits of real object
     ///   stores make parallel parts pay.

@@ -34,13 +34,13 @@ pub struct IoBudget {
 impl IoBudget {
     /// The default limit of reads in flight per store: 64.
     ///
-    /// Measured with `getmany bench --sweep` (README, "Choosing the defaults"): 4,096 reads
-    /// of 16 KiB at a 10 ms round trip took 6.6 s at 8 in flight, 1.78 s at 32, 0.96 s at 64
-    /// (1.11x of the `ceil(4096/C)·L + P/B` model), 0.49 s at 128 and 0.37 s at 256 (CPU-bound
-    /// on 2 cores, 1.39x of the model). The budget is also how many connections and response
-    /// buffers a store holds open against a real service, so the default stays at 64, where
-    /// the time still tracks the model; raise it ([`IoBudget::new`]) for high-latency links
-    /// with many small objects.
+    /// Measured with `getmany bench-store --sweep` (README, "Choosing the defaults"): 4,096
+    /// reads of 16 KiB at a 10 ms round trip took 6.4 s at 8 in flight, 1.73 s at 32, 0.89 s
+    /// at 64 (1.05x of the `ceil(4096/C)·L + P/B` model), 0.49 s at 128 and 0.25 s at 256 on a
+    /// quiet machine (under load, 256 was CPU-bound at 1.39x of the model). The budget is
+    /// also how many connections and response buffers a store holds open against a real
+    /// service, so the default stays at 64; raise it ([`IoBudget::new`]) for high-latency
+    /// links with many small objects.
     pub const DEFAULT_LIMIT: usize = 64;
 
     /// A budget of `limit` reads in flight (at least 1).
