@@ -46,7 +46,7 @@ fn archive_index(c: &mut Criterion) {
     let mut group = c.benchmark_group("archive index");
     group.sample_size(20);
     group.bench_function("tar, 10,000 members of 1 KiB", |b| {
-        b.iter(|| index_tar(std::hint::black_box(&tar), limits.clone()))
+        b.iter(|| index_tar(std::hint::black_box(&tar), limits))
     });
     group.bench_function("zip, 10,000 members of 1 KiB", |b| {
         b.iter(|| index_zip(std::hint::black_box(&zip), &limits).expect("valid zip"))
