@@ -253,23 +253,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
 
     // Measure L (one 1-byte GET) and B (one 64 MiB GET) through the whole stack.
     let probe = ObjectStoreStore::new(metered.clone());
-    let mut small_times = Vec::new();
-    for _ in 0..21 {
-        let t = Instant::now();
-        probe.get("probe/one", None).await?;
-        small_times.push(t.elapsed());
-    }
-    small_times.sort();
-    let round_trip = small_times[small_times.len() / 2];
-    let mut big_times = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        probe.get("probe/big", None).await?;
-        big_times.push(t.elapsed());
-    }
-    big_times.sort();
-    let big = big_times[big_times.len() / 2];
-    let bandwidth = (64u64 << 20) as f64 / (big.saturating_sub(round_trip)).as_secs_f64();
+    let (round_trip, bandwidth) =
+        crate::link::measure_link(&probe, "probe/one", "probe/big", 64 << 20, 5).await?;
     println!(
         "Measured through the stack: L = {} (median of 21 one-byte GETs), B = {:.0} MB/s (one 64 MiB GET, median of 5).",
         ms(round_trip),

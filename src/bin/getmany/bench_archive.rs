@@ -210,23 +210,8 @@ pub async fn run(args: BenchArchiveArgs) -> Result<(), Box<dyn std::error::Error
 
     // L and B through the whole stack.
     let probe = ObjectStoreStore::new(metered.clone());
-    let mut small = Vec::new();
-    for _ in 0..21 {
-        let t = Instant::now();
-        probe.get("probe/one", None).await?;
-        small.push(t.elapsed());
-    }
-    small.sort();
-    let round_trip = small[small.len() / 2];
-    let mut big = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        probe.get("probe/big", None).await?;
-        big.push(t.elapsed());
-    }
-    big.sort();
-    let bandwidth =
-        (64u64 << 20) as f64 / big[big.len() / 2].saturating_sub(round_trip).as_secs_f64();
+    let (round_trip, bandwidth) =
+        crate::link::measure_link(&probe, "probe/one", "probe/big", 64 << 20, 5).await?;
     println!(
         "Measured through the stack: L = {} (median of 21 one-byte GETs), B = {:.0} MB/s (one 64 MiB GET, median of 5).",
         ms(round_trip),

@@ -347,23 +347,8 @@ pub async fn run(args: BenchZarrArgs) -> Result<(), BoxError> {
 
     // L: one 1-byte GET; B: one 64 MiB GET; both through the whole stack.
     let probe = ObjectStoreStore::new(backend.clone());
-    let mut small = Vec::new();
-    for _ in 0..21 {
-        let t = Instant::now();
-        probe.get("probe/one", None).await?;
-        small.push(t.elapsed());
-    }
-    small.sort();
-    let round_trip = small[small.len() / 2];
-    let mut big = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        probe.get("probe/big", None).await?;
-        big.push(t.elapsed());
-    }
-    big.sort();
-    let bandwidth =
-        (64u64 << 20) as f64 / big[big.len() / 2].saturating_sub(round_trip).as_secs_f64();
+    let (round_trip, bandwidth) =
+        crate::link::measure_link(&probe, "probe/one", "probe/big", 64 << 20, 5).await?;
 
     println!("# getmany bench-zarr");
     println!();

@@ -239,25 +239,11 @@ impl Target {
         self.writer
             .put(&big, PutPayload::from(vec![2u8; 64 << 20]))
             .await?;
-        let store = self.store(1);
-        let key = |p: &Path| p.as_ref().to_string();
-        let mut t = Vec::new();
-        for _ in 0..21 {
-            let s = Instant::now();
-            store.get(&key(&one), None).await?;
-            t.push(s.elapsed());
-        }
-        t.sort();
-        self.round_trip = t[t.len() / 2];
-        let mut t = Vec::new();
-        for _ in 0..3 {
-            let s = Instant::now();
-            store.get(&key(&big), None).await?;
-            t.push(s.elapsed());
-        }
-        t.sort();
-        let took = t[t.len() / 2].saturating_sub(self.round_trip);
-        self.bandwidth = (64u64 << 20) as f64 / took.as_secs_f64().max(1e-6);
+        let (round_trip, bandwidth) =
+            crate::link::measure_link(&self.store(1), one.as_ref(), big.as_ref(), 64 << 20, 3)
+                .await?;
+        self.round_trip = round_trip;
+        self.bandwidth = bandwidth;
         self.writer.delete(&one).await?;
         self.writer.delete(&big).await?;
         Ok(())
