@@ -12,6 +12,7 @@ use std::future::Future;
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
 use futures::stream::{self, StreamExt};
 use tracing::Instrument;
 
@@ -424,16 +425,20 @@ fn error_for(request: &Request, error: &Error) -> Error {
 /// `budget`, and yields every request's answer as soon as its read completes.
 ///
 /// At most `budget.limit()` reads of this call are pending at once; each backend request runs
-/// inside [`IoBudget::run`]. Dropping the stream cancels the reads in flight.
-pub fn execute<'a, F, Fut>(
+/// inside [`IoBudget::run`]. Under a tokio runtime each read runs as a task of it, so it
+/// completes and frees its permit even while the consumer is busy elsewhere (awaiting
+/// another `get_many` of the same store, say); the read function is therefore `'static`
+/// (clone what it needs, as `ObjectStoreStore` clones itself).
+/// Dropping the stream aborts the reads in flight.
+pub fn execute<F, Fut>(
     requests: Vec<Request>,
     plan: Plan,
-    budget: &'a IoBudget,
+    budget: &IoBudget,
     read: F,
-) -> GetManyStream<'a>
+) -> GetManyStream<'static>
 where
-    F: Fn(String, Option<ByteRange>) -> Fut + Send + Sync + 'a,
-    Fut: Future<Output = Result<Option<Fetched>>> + Send + 'a,
+    F: Fn(String, Option<ByteRange>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Option<Fetched>>> + Send + 'static,
 {
     let requests = std::sync::Arc::new(requests);
     let invalid: Vec<GetManyItem> = plan
@@ -450,11 +455,13 @@ where
         })
         .collect();
     let read = std::sync::Arc::new(read);
+    let budget = budget.clone();
     let limit = budget.limit();
     let reads = stream::iter(plan.reads)
         .map(move |planned| {
             let read = read.clone();
             let requests = requests.clone();
+            let budget = budget.clone();
             let span = tracing::debug_span!(
                 "getmany.read",
                 key = %planned.key,
@@ -462,24 +469,30 @@ where
                 requests = planned.serves.len(),
                 parts = planned.parts.len(),
             );
-            async move {
-                let result = fetch_read(&planned, budget, &*read).await;
-                let items: Vec<GetManyItem> = planned
-                    .serves
-                    .iter()
-                    .map(|&i| {
-                        let request = &requests[i];
-                        let answer = match &result {
-                            Ok(None) => Ok(None),
-                            Ok(Some(fetched)) => answer(request, &planned.range, fetched).map(Some),
-                            Err(e) => Err(error_for(request, e)),
-                        };
-                        (i, answer)
-                    })
-                    .collect();
-                stream::iter(items)
-            }
-            .instrument(span)
+            // A task per read (see `task.rs`): it finishes and frees its permit even while
+            // the consumer is not polling, and runs on any of the runtime's workers.
+            crate::task::spawn_read(
+                async move {
+                    let result = fetch_read(&planned, &budget, &*read).await;
+                    planned
+                        .serves
+                        .iter()
+                        .map(|&i| {
+                            let request = &requests[i];
+                            let answer = match &result {
+                                Ok(None) => Ok(None),
+                                Ok(Some(fetched)) => {
+                                    answer(request, &planned.range, fetched).map(Some)
+                                }
+                                Err(e) => Err(error_for(request, e)),
+                            };
+                            (i, answer)
+                        })
+                        .collect::<Vec<GetManyItem>>()
+                }
+                .instrument(span),
+            )
+            .map(stream::iter)
         })
         .buffer_unordered(limit)
         .flatten();

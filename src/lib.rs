@@ -49,6 +49,7 @@ mod limit;
 mod memory;
 mod request;
 mod store;
+mod task;
 
 pub mod coalesce;
 pub mod pipeline;

@@ -78,6 +78,13 @@ impl IoBudget {
     }
 }
 
+/// `fut` with the budgets held where this is called (not where `fut` is later polled): for a
+/// read handed to another task, so that it keeps its caller's reentrancy.
+pub(crate) fn carry_held<F: Future>(fut: F) -> impl Future<Output = F::Output> {
+    let held = HELD.try_with(|held| held.clone()).unwrap_or_default();
+    HELD.scope(held, fut)
+}
+
 impl Default for IoBudget {
     fn default() -> Self {
         IoBudget::new(Self::DEFAULT_LIMIT)

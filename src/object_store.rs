@@ -324,8 +324,11 @@ impl Store for ObjectStoreStore {
             bytes_planned = plan.stats.bytes_planned,
             "getmany.object_store.get_many"
         );
-        coalesce::execute(requests, plan, &self.budget, move |key, range| async move {
-            self.fetch(&key, range).await
+        // The reads run as tasks (`coalesce::execute`), so each owns a handle to the store.
+        let store = self.clone();
+        coalesce::execute(requests, plan, &self.budget, move |key, range| {
+            let store = store.clone();
+            async move { store.fetch(&key, range).await }
         })
     }
 

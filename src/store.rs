@@ -167,6 +167,11 @@ pub trait ListableStore: Store {
 /// * Requests are taken from the list lazily: a million requests never become a million
 ///   futures.
 /// * Dropping the stream drops the pending `get`s, which cancels them.
+/// * The `get`s borrow the store, so they run inside the stream and progress only while it
+///   is polled: a consumer that pauses this stream to await another `get_many` of the same
+///   store can find every permit held by the paused `get`s. Stores whose reads can own
+///   what they need run them as tasks instead ([`coalesce::execute`](crate::coalesce::execute)
+///   does, so [`ObjectStoreStore`](crate) has no such hazard).
 /// * A request whose range is invalid whatever the object ([`ByteRange::invalid_reason`])
 ///   is answered with [`Error::InvalidRange`](crate::Error::InvalidRange) without a `get`.
 pub fn get_many_concurrent<S: Store + ?Sized>(

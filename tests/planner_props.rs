@@ -96,10 +96,13 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let budget = IoBudget::new(4);
         let answers: Vec<(usize, getmany::Result<Option<Bytes>>)> = rt.block_on(
-            coalesce::execute(requests.clone(), plan, &budget, |key, range| {
+            coalesce::execute(requests.clone(), plan, &budget, {
+                // Reads run as tasks: the read function owns its backend.
+                let objects = objects.clone();
+                move |key, range| {
                 let r = backend_read(&objects, &key, range);
                 async move { r }
-            })
+            }})
             .collect(),
         );
         prop_assert_eq!(answers.len(), requests.len());

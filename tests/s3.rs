@@ -171,3 +171,58 @@ async fn failures_touch_only_the_requests_they_served() {
     server.clear_faults();
     assert!(store.get("obj/1", None).await.unwrap().is_some());
 }
+
+/// A consumer that stops polling a `get_many` stream while it awaits another `get_many` of the
+/// same store must not deadlock: the first stream's reads hold every permit of the budget,
+/// and they finish (and free them) without being polled because each runs as a task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_stream_does_not_starve_a_second_call_of_its_budget() {
+    use getmany::IoBudget;
+    use getmany::wrap::{Latency, LatencyModel};
+    use std::time::Duration;
+
+    let server = S3TestServer::start().await;
+    for (i, key) in ["a", "b", "c"].iter().enumerate() {
+        server.put(key, &pattern(i as u8, 1000)).await;
+    }
+    // Reads stay in flight long enough for the first poll to leave both permits held.
+    let slow: Arc<dyn object_store::ObjectStore> = Arc::new(Latency::new(
+        server.client(),
+        LatencyModel::round_trip(Duration::from_millis(50)),
+    ));
+    let store = ObjectStoreStore::new(slow).with_budget(IoBudget::new(2));
+    let mut outer = store.get_many(vec![
+        Request::whole("a"),
+        Request::whole("b"),
+        Request::whole("c"),
+    ]);
+    // One poll: the reads of `a` and `b` start and take both permits.
+    let mut answered = Vec::new();
+    if let std::task::Poll::Ready(item) = futures::poll!(outer.next()) {
+        answered.push(item.expect("the stream has three answers"));
+    }
+    // Without polling `outer`, read through the same store.
+    let inner: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(60),
+        store
+            .get_many(vec![Request::whole("c")])
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .expect("the second call got a permit: the paused stream's reads finished and freed theirs");
+    assert_eq!(inner.len(), 1);
+    assert_eq!(
+        inner[0].1.as_ref().unwrap().as_deref(),
+        Some(&pattern(2, 1000)[..])
+    );
+    answered.extend(outer.collect::<Vec<_>>().await);
+    answered.sort_by_key(|(i, _)| *i);
+    assert_eq!(answered.len(), 3);
+    for (i, result) in answered {
+        assert_eq!(
+            result.unwrap().as_deref(),
+            Some(&pattern(i as u8, 1000)[..]),
+            "answer {i}"
+        );
+    }
+}
