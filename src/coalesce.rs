@@ -12,7 +12,6 @@ use std::future::Future;
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
-use futures::FutureExt;
 use futures::stream::{self, StreamExt};
 use tracing::Instrument;
 
@@ -425,11 +424,12 @@ fn error_for(request: &Request, error: &Error) -> Error {
 /// `budget`, and yields every request's answer as soon as its read completes.
 ///
 /// At most `budget.limit()` reads of this call are pending at once; each backend request runs
-/// inside [`IoBudget::run`]. Under a tokio runtime each read runs as a task of it, so it
-/// completes and frees its permit even while the consumer is busy elsewhere (awaiting
+/// inside [`IoBudget::run`]. Under a tokio runtime the reads run on a task of it, so they
+/// complete and free their permits even while the consumer is busy elsewhere (awaiting
 /// another `get_many` of the same store, say); the read function is therefore `'static`
-/// (clone what it needs, as `ObjectStoreStore` clones itself).
-/// Dropping the stream aborts the reads in flight.
+/// (clone what it needs, as `ObjectStoreStore` clones itself). At most `budget.limit()`
+/// completed reads' answers wait for the consumer. Dropping the stream aborts the reads in
+/// flight.
 pub fn execute<F, Fut>(
     requests: Vec<Request>,
     plan: Plan,
@@ -457,45 +457,38 @@ where
     let read = std::sync::Arc::new(read);
     let budget = budget.clone();
     let limit = budget.limit();
-    let reads = stream::iter(plan.reads)
-        .map(move |planned| {
-            let read = read.clone();
-            let requests = requests.clone();
-            let budget = budget.clone();
-            let span = tracing::debug_span!(
-                "getmany.read",
-                key = %planned.key,
-                range = ?planned.range,
-                requests = planned.serves.len(),
-                parts = planned.parts.len(),
-            );
-            // A task per read (see `task.rs`): it finishes and frees its permit even while
-            // the consumer is not polling, and runs on any of the runtime's workers.
-            crate::task::spawn_read(
-                async move {
-                    let result = fetch_read(&planned, &budget, &*read).await;
-                    planned
-                        .serves
-                        .iter()
-                        .map(|&i| {
-                            let request = &requests[i];
-                            let answer = match &result {
-                                Ok(None) => Ok(None),
-                                Ok(Some(fetched)) => {
-                                    answer(request, &planned.range, fetched).map(Some)
-                                }
-                                Err(e) => Err(error_for(request, e)),
-                            };
-                            (i, answer)
-                        })
-                        .collect::<Vec<GetManyItem>>()
-                }
-                .instrument(span),
-            )
-            .map(stream::iter)
-        })
-        .buffer_unordered(limit)
-        .flatten();
+    let reads = stream::iter(plan.reads).map(move |planned| {
+        let read = read.clone();
+        let requests = requests.clone();
+        let budget = budget.clone();
+        let span = tracing::debug_span!(
+            "getmany.read",
+            key = %planned.key,
+            range = ?planned.range,
+            requests = planned.serves.len(),
+            parts = planned.parts.len(),
+        );
+        async move {
+            let result = fetch_read(&planned, &budget, &*read).await;
+            planned
+                .serves
+                .iter()
+                .map(|&i| {
+                    let request = &requests[i];
+                    let answer = match &result {
+                        Ok(None) => Ok(None),
+                        Ok(Some(fetched)) => answer(request, &planned.range, fetched).map(Some),
+                        Err(e) => Err(error_for(request, e)),
+                    };
+                    (i, answer)
+                })
+                .collect::<Vec<GetManyItem>>()
+        }
+        .instrument(span)
+    });
+    // On a task of the runtime (see `task.rs`): the reads finish and free their permits even
+    // while the consumer is not polling.
+    let reads = crate::task::drive(reads, limit);
     stream::iter(invalid).chain(reads).boxed()
 }
 

@@ -19,6 +19,12 @@ mod sweep;
 
 use clap::{Parser, Subcommand};
 
+/// The benchmarks run client and servers in one process: memory is allocated on one thread
+/// and freed on another all the time, which glibc's allocator handles poorly (README,
+/// "Choosing the defaults" has the figures).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(version, about = "Read many pieces of data from storage fast")]
 struct Cli {
