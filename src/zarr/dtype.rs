@@ -184,6 +184,7 @@ macro_rules! numeric_element {
         impl sealed::Sealed for $t {}
         impl Element for $t {
             const DATA_TYPE: DataType = $dt;
+            #[inline]
             fn from_bytes(bytes: &[u8], big_endian: bool) -> Self {
                 let mut raw = [0u8; std::mem::size_of::<$t>()];
                 raw.copy_from_slice(bytes);
@@ -228,10 +229,19 @@ impl Element for bool {
 /// Decodes `bytes` (a whole number of elements) into elements.
 pub(crate) fn decode_elements<T: Element>(bytes: &[u8], big_endian: bool) -> Vec<T> {
     let size = T::DATA_TYPE.size();
-    bytes
-        .chunks_exact(size)
-        .map(|b| T::from_bytes(b, big_endian))
-        .collect()
+    // One loop per byte order, each with a constant order and size, so the conversion
+    // compiles to a vectorized copy (a per-element branch and call halved the read rate).
+    if big_endian {
+        bytes
+            .chunks_exact(size)
+            .map(|b| T::from_bytes(b, true))
+            .collect()
+    } else {
+        bytes
+            .chunks_exact(size)
+            .map(|b| T::from_bytes(b, false))
+            .collect()
+    }
 }
 
 #[cfg(test)]
