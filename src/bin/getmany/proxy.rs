@@ -153,9 +153,10 @@ mod tests {
 
     #[test]
     fn a_link_queues_pieces_behind_each_other_and_adds_the_delay() {
-        let t0 = Instant::now();
         let ms = Duration::from_millis;
         let link = Link::new(ms(5), Some(1e6)); // 1,000 bytes per ms
+        // Later than the link's creation, so the link is idle then.
+        let t0 = Instant::now() + ms(1);
         assert_eq!(link.due(1000, t0), t0 + ms(1) + ms(5));
         // Read at the same time: waits for the first piece.
         assert_eq!(link.due(2000, t0), t0 + ms(3) + ms(5));

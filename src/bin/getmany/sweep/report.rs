@@ -89,16 +89,6 @@ pub fn size_label(bytes: u64) -> String {
     }
 }
 
-/// Axis labels on a log scale fall on powers of ten: name them in decimal units.
-fn decimal_label(bytes: f64) -> String {
-    match bytes {
-        b if b >= 1e9 => format!("{:.0} GB", b / 1e9),
-        b if b >= 1e6 => format!("{:.0} MB", b / 1e6),
-        b if b >= 1e3 => format!("{:.0} kB", b / 1e3),
-        b => format!("{b:.0} B"),
-    }
-}
-
 pub fn table(rows: &[Row], base: &Baselines) -> Table {
     let mut t = Table::new();
     t.load_preset(ASCII_MARKDOWN);
@@ -207,10 +197,14 @@ pub fn write_chart(
     let mut batches: Vec<usize> = rows.iter().map(|r| r.batch).collect();
     batches.sort();
     batches.dedup();
-    let sizes: Vec<u64> = rows.iter().map(|r| r.size).collect();
-    let (min_size, max_size) = (
-        *sizes.iter().min().unwrap_or(&1) as f64,
-        *sizes.iter().max().unwrap_or(&1) as f64,
+    // The x axis is log2(object size), labelled only at the sizes measured.
+    let mut sizes: Vec<u64> = rows.iter().map(|r| r.size).collect();
+    sizes.sort();
+    sizes.dedup();
+    let log2 = |b: u64| (b as f64).log2();
+    let (min_x, max_x) = (
+        log2(*sizes.first().unwrap_or(&1)),
+        log2(*sizes.last().unwrap_or(&1)),
     );
     let max_speedup = speedups.iter().cloned().fold(1.0f64, f64::max) * 2.0;
     let min_speedup = speedups.iter().cloned().fold(1.0f64, f64::min) / 2.0;
@@ -233,22 +227,31 @@ pub fn write_chart(
             .x_label_area_size(40)
             .y_label_area_size(55)
             .build_cartesian_2d(
-                (min_size / 1.5..max_size * 1.5).log_scale(),
+                min_x - 0.7..max_x + 0.7,
                 (min_speedup..max_speedup).log_scale(),
             )?;
+        let label = |v: &f64| {
+            sizes
+                .iter()
+                .find(|&&s| (log2(s) - v).abs() < 1e-6)
+                .map(|&s| size_label(s))
+                .unwrap_or_default()
+        };
         chart
             .configure_mesh()
             .x_desc("object size")
             .y_desc("speed-up (x)")
             .label_style(("sans-serif", 13))
-            .x_label_formatter(&|v| decimal_label(*v))
+            .x_labels(((max_x - min_x) as usize + 2).max(2))
+            .x_label_formatter(&label)
             .y_label_formatter(&|v| format!("{v:.0}"))
+            .light_line_style(WHITE)
             .draw()?;
         for (i, batch) in batches.iter().enumerate() {
             let mut points: Vec<(f64, f64)> = rows
                 .iter()
                 .filter(|r| r.strategy == *strategy && r.batch == *batch)
-                .filter_map(|r| base.vs_loop(r).map(|s| (r.size as f64, s)))
+                .filter_map(|r| base.vs_loop(r).map(|s| (log2(r.size), s)))
                 .collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
             if points.is_empty() {
