@@ -438,7 +438,7 @@ async fn measure(
         wall,
         first,
         estimated,
-        limit: target.limit(payload),
+        limit: target.limit(payload, strategy.bundle_protocol().is_some()),
     })
 }
 
@@ -528,10 +528,12 @@ pub async fn run(args: SweepArgs) -> Result<(), Error> {
         target.bandwidth / 1e6,
         size_label(probe),
         target
-            .bundle_round_trip
-            .map(|l| format!(
-                "; through the bundle stack, one one-key bundle takes {}",
-                ms(l)
+            .bundle_link
+            .map(|(l, b)| format!(
+                "; through the bundle stack (`BundleStore`, bundle server): L = {} (one-key bundles of the one-byte object), B = {:.0} MB/s (one-key bundles of the {} object). Each row's `L + P/B` uses the L and B of its own stack",
+                ms(l),
+                b / 1e6,
+                size_label(probe)
             ))
             .unwrap_or_default(),
         args.budget,
@@ -668,7 +670,7 @@ pub async fn run(args: SweepArgs) -> Result<(), Error> {
     )?;
     let targets = report::targets(&rows, &baselines);
     if !targets.is_empty() {
-        println!("## Targets (1-16 KiB objects at batches of 1,000 and more; best cases)");
+        println!("## Targets (1-16 KiB objects at batches of 1,000 and more)");
         println!();
         for line in targets {
             println!("* {line}");

@@ -43,8 +43,9 @@ pub struct Target {
     /// L and B, measured through the read stack.
     pub round_trip: Duration,
     pub bandwidth: f64,
-    /// L measured through the bundle stack (one one-key bundle), when there is one.
-    pub bundle_round_trip: Option<Duration>,
+    /// L and B measured through the bundle stack (a one-key bundle of a 1-byte object, a
+    /// one-key bundle of the probe object), when there is one.
+    pub bundle_link: Option<(Duration, f64)>,
     pub description: String,
     /// How each strategy pays the round trip, for the output's header.
     pub latency: Vec<String>,
@@ -191,7 +192,7 @@ pub async fn embedded(args: &SweepArgs) -> Result<Target, Error> {
         prefix: "sweep".into(),
         round_trip: Duration::ZERO,
         bandwidth: 0.0,
-        bundle_round_trip: None,
+        bundle_link: None,
         description,
         latency,
         _s3: Some(s3),
@@ -254,7 +255,7 @@ pub fn remote(url: &str, args: &SweepArgs) -> Result<Target, Error> {
         prefix,
         round_trip: Duration::ZERO,
         bandwidth: 0.0,
-        bundle_round_trip: None,
+        bundle_link: None,
         description,
         latency: vec!["The target's own latency: nothing is simulated.".to_string()],
         _s3: None,
@@ -278,13 +279,18 @@ impl Target {
         self.bundles.iter().find(|b| b.protocol == protocol)
     }
 
-    /// `L + P/B` for `payload` bytes.
-    pub fn limit(&self, payload: u64) -> Duration {
-        self.round_trip + Duration::from_secs_f64(payload as f64 / self.bandwidth)
+    /// `L + P/B` for `payload` bytes, with L and B of the stack `bundle` says.
+    pub fn limit(&self, payload: u64, bundle: bool) -> Duration {
+        let (l, b) = match self.bundle_link {
+            Some(link) if bundle => link,
+            _ => (self.round_trip, self.bandwidth),
+        };
+        l + Duration::from_secs_f64(payload as f64 / b)
     }
 
     /// Measures L (median of 21 one-byte reads) and B (one `probe_bytes` read, median of 3)
-    /// through the whole read stack; and L through the bundle stack (21 one-key bundles).
+    /// through the whole S3 read stack, and the same through the bundle stack (one-key
+    /// bundles).
     pub async fn measure_link(&mut self, probe_bytes: u64) -> Result<(), Error> {
         let one = format!("{}/probe/one", self.prefix);
         let big = format!("{}/probe/big", self.prefix);
@@ -302,14 +308,10 @@ impl Target {
         self.round_trip = round_trip;
         self.bandwidth = bandwidth;
         if let Some(bundle) = self.bundles.first() {
-            let mut times = Vec::new();
-            for _ in 0..21 {
-                let started = std::time::Instant::now();
-                bundle.store.get(&one, None).await?;
-                times.push(started.elapsed());
-            }
-            times.sort();
-            self.bundle_round_trip = Some(times[times.len() / 2]);
+            self.bundle_link = Some(
+                crate::link::measure_link(bundle.store.as_ref(), &one, &big, probe_bytes, 3)
+                    .await?,
+            );
         }
         self.writer.delete(&Path::from(one.as_str())).await?;
         self.writer.delete(&Path::from(big.as_str())).await?;
