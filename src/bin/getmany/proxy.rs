@@ -37,6 +37,7 @@ pub struct Link {
 }
 
 impl Link {
+    /// A direction delayed by `one_way`, paced at `bandwidth` bytes per second if set.
     pub fn new(one_way: Duration, bandwidth: Option<f64>) -> Link {
         Link {
             one_way,

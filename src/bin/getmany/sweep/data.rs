@@ -18,6 +18,7 @@ pub const SHARD_BYTES: u64 = 64 << 20;
 /// The keys of one cell's data set: `count` objects of `size` bytes below `base`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
+    /// Bytes per object.
     pub size: u64,
     /// `base/o/NNNNNN`: each object alone (loop, default, bundle).
     pub objects: Vec<String>,
@@ -63,14 +64,17 @@ impl Layout {
         }
     }
 
+    /// Where the data set of the cell (`size`, `batch`) lives below `prefix`.
     pub fn base_of(prefix: &str, size: u64, batch: usize) -> String {
         format!("{prefix}/{size}/{batch}")
     }
 
+    /// The key of each tar shard.
     pub fn tar_shards(&self) -> Vec<String> {
         self.shard_keys(&self.tar_members)
     }
 
+    /// The key of each zip shard.
     pub fn zip_shards(&self) -> Vec<String> {
         self.shard_keys(&self.zip_members)
     }
@@ -173,13 +177,18 @@ pub fn tar_stream_bytes(members: u64, size: u64, bundles: u64) -> u64 {
 /// Which copies of the objects a sweep needs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Copies {
+    /// Each object alone.
     pub objects: bool,
+    /// Packed back to back in shards.
     pub packed: bool,
+    /// Members of tar shards.
     pub tar: bool,
+    /// Members of stored zip shards.
     pub zip: bool,
 }
 
 impl Copies {
+    /// The copies `strategies` read.
     pub fn for_strategies(strategies: &[Strategy]) -> Copies {
         let mut c = Copies::default();
         for s in strategies {

@@ -11,14 +11,21 @@ use super::{Error, Strategy};
 /// One measured cell.
 #[derive(Debug, Clone)]
 pub struct Row {
+    /// Bytes per object.
     pub size: u64,
+    /// Objects read.
     pub batch: usize,
+    /// How they were read.
     pub strategy: Strategy,
     /// Requests that reached the storage: GETs, or bundle HTTP requests.
     pub requests: u64,
+    /// The payload, P.
     pub bytes_asked: u64,
+    /// What crossed the link, P'.
     pub bytes_fetched: u64,
+    /// Wall time, median.
     pub wall: Duration,
+    /// Time to the first answer.
     pub first: Duration,
     /// Timed on a sample and scaled to the batch (the loop).
     pub estimated: bool,
@@ -33,6 +40,7 @@ pub struct Baselines {
 }
 
 impl Baselines {
+    /// The loop and default rows of `rows`, by cell.
     pub fn new(rows: &[Row]) -> Baselines {
         let pick = |s: Strategy| {
             rows.iter()
@@ -46,12 +54,14 @@ impl Baselines {
         }
     }
 
+    /// How many times faster than the loop of its cell.
     pub fn vs_loop(&self, r: &Row) -> Option<f64> {
         self.loops
             .get(&(r.size, r.batch))
             .map(|l| l.as_secs_f64() / r.wall.as_secs_f64())
     }
 
+    /// How many times faster than the default `get_many` of its cell.
     pub fn vs_default(&self, r: &Row) -> Option<f64> {
         self.defaults
             .get(&(r.size, r.batch))
@@ -59,10 +69,12 @@ impl Baselines {
     }
 }
 
+/// `wall / (L + P/B)`.
 pub fn ratio(r: &Row) -> f64 {
     r.wall.as_secs_f64() / r.limit.as_secs_f64()
 }
 
+/// A duration in ms, or in s from 10 s.
 pub fn ms(d: Duration) -> String {
     if d.as_secs_f64() >= 10.0 {
         format!("{:.1} s", d.as_secs_f64())
@@ -79,6 +91,7 @@ fn times(x: Option<f64>) -> String {
     }
 }
 
+/// `1 KiB`, `16 MiB`, `100 B`.
 pub fn size_label(bytes: u64) -> String {
     if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
@@ -89,6 +102,7 @@ pub fn size_label(bytes: u64) -> String {
     }
 }
 
+/// The terminal table of `rows`.
 pub fn table(rows: &[Row], base: &Baselines) -> Table {
     let mut t = Table::new();
     t.load_preset(ASCII_MARKDOWN);
@@ -127,6 +141,7 @@ pub fn table(rows: &[Row], base: &Baselines) -> Table {
     t
 }
 
+/// The CSV's columns.
 pub const CSV_HEADER: [&str; 14] = [
     "object_bytes",
     "batch",
@@ -144,6 +159,7 @@ pub const CSV_HEADER: [&str; 14] = [
     "ratio_to_limit",
 ];
 
+/// One CSV record, in the order of [`CSV_HEADER`].
 pub fn csv_record(r: &Row, base: &Baselines) -> [String; 14] {
     let opt = |x: Option<f64>| x.map(|s| format!("{s:.2}")).unwrap_or_default();
     [
@@ -164,6 +180,7 @@ pub fn csv_record(r: &Row, base: &Baselines) -> [String; 14] {
     ]
 }
 
+/// Writes every row to the CSV at `path`.
 pub fn write_csv(path: &std::path::Path, rows: &[Row], base: &Baselines) -> Result<(), Error> {
     let mut w = csv::Writer::from_path(path)?;
     w.write_record(CSV_HEADER)?;

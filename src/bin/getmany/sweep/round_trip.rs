@@ -39,6 +39,7 @@ pub struct RoundTripPerCall<S> {
 }
 
 impl<S> RoundTripPerCall<S> {
+    /// Charges `round_trip` per call to `inner`, and `bandwidth` bytes per second if set.
     pub fn new(inner: S, round_trip: Duration, bandwidth: Option<f64>) -> Self {
         RoundTripPerCall {
             inner,

@@ -24,11 +24,13 @@ const KEYS: (&str, &str) = ("getmany-bench", "getmany-bench-secret");
 
 /// The bundle client of one protocol, counted.
 pub struct BundleClient {
+    /// The protocol it speaks.
     pub protocol: BundleProtocol,
     /// Counts the members answered and their bytes (above any latency model).
     pub store: Arc<Metrics<Arc<dyn Store>>>,
 }
 
+/// A target: where the data set is written, the stores that read it, and its link.
 pub struct Target {
     /// For writing the data set (no latency charged).
     pub writer: Arc<dyn ObjectStore>,
@@ -39,13 +41,16 @@ pub struct Target {
     pub no_bundle: Option<String>,
     /// The crate's bundle server, when the target is embedded: it counts HTTP requests.
     pub bundle_server: Option<BundleServer>,
+    /// Every key of the sweep is below this.
     pub prefix: String,
     /// L and B, measured through the read stack.
     pub round_trip: Duration,
+    /// B, bytes per second.
     pub bandwidth: f64,
     /// L and B measured through the bundle stack (a one-key bundle of a 1-byte object, a
     /// one-key bundle of the probe object), when there is one.
     pub bundle_link: Option<(Duration, f64)>,
+    /// What the target is, for the output's header.
     pub description: String,
     /// How each strategy pays the round trip, for the output's header.
     pub latency: Vec<String>,
@@ -263,6 +268,7 @@ pub fn remote(url: &str, args: &SweepArgs) -> Result<Target, Error> {
     })
 }
 
+/// The protocol's name, for messages.
 pub fn protocol_name(protocol: BundleProtocol) -> &'static str {
     match protocol {
         BundleProtocol::Tigris => "Tigris bundle",
@@ -271,10 +277,12 @@ pub fn protocol_name(protocol: BundleProtocol) -> &'static str {
 }
 
 impl Target {
+    /// An `ObjectStoreStore` over the counted reader, with `budget` reads in flight.
     pub fn store(&self, budget: usize) -> ObjectStoreStore {
         ObjectStoreStore::new(self.reader.clone()).with_budget(IoBudget::new(budget))
     }
 
+    /// The bundle client of `protocol`, if the target has one.
     pub fn bundle(&self, protocol: BundleProtocol) -> Option<&BundleClient> {
         self.bundles.iter().find(|b| b.protocol == protocol)
     }
@@ -318,6 +326,7 @@ impl Target {
         Ok(())
     }
 
+    /// Deletes every object below `prefix`.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<(), Error> {
         let listed: Vec<Path> = self
             .writer
