@@ -1,29 +1,30 @@
 //! `getmany bench`: the sweep. Object size x batch size x strategy against a target (the
-//! embedded S3 server behind the latency model by default, or any object_store URL), with a
+//! embedded S3 and bundle servers behind the latency model by default, the same behind a
+//! TCP delay proxy with `--proxy`, or any object_store URL and bundle endpoint), with a
 //! table per object size, a CSV of every cell and an SVG chart of the speed-ups.
 
-use std::collections::HashMap;
+mod data;
+mod report;
+mod round_trip;
+mod target;
+
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use comfy_table::{Table, presets::ASCII_MARKDOWN};
-use futures::{StreamExt, TryStreamExt};
-use getmany::s3_server::S3Server;
-use getmany::wrap::{Latency, LatencyModel, Metrics};
-use getmany::{IoBudget, ObjectStoreStore, Request, Store, get_many_concurrent};
+use futures::StreamExt;
+use getmany::archive::{ArchiveConfig, ArchiveStore};
+use getmany::{BundleProtocol, IoBudget, ObjectStoreStore, Store, get_many_concurrent};
 use indicatif::{ProgressBar, ProgressStyle};
-use object_store::aws::AmazonS3Builder;
-use object_store::memory::InMemory;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use data::{Copies, Layout};
+use report::{Baselines, Row, ms, size_label};
+use target::Target;
 
 type Error = Box<dyn std::error::Error>;
 
 /// A way of reading a batch of objects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum)]
 pub enum Strategy {
     /// One `get` per object, one after the other.
     Loop,
@@ -31,14 +32,67 @@ pub enum Strategy {
     Default,
     /// `ObjectStoreStore::get_many` on the objects packed back to back in shards.
     Coalesce,
+    /// `ArchiveStore::get_many` of the objects as members of tar shards (index cached).
+    Tar,
+    /// `ArchiveStore::get_many` of the objects as members of stored zip shards (index cached).
+    Zip,
+    /// `BundleStore::get_many` on the protocol of `--bundle-protocol`.
+    Bundle,
+    /// `BundleStore::get_many`, Tigris bundle protocol.
+    BundleTigris,
+    /// `BundleStore::get_many`, AIStore GetBatch protocol.
+    BundleAistore,
 }
 
 impl Strategy {
+    /// Every strategy that names one way of reading (`bundle` resolves to one of the two).
+    #[cfg(test)]
+    const ALL: [Strategy; 7] = [
+        Strategy::Loop,
+        Strategy::Default,
+        Strategy::Coalesce,
+        Strategy::Tar,
+        Strategy::Zip,
+        Strategy::BundleTigris,
+        Strategy::BundleAistore,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Strategy::Loop => "loop",
             Strategy::Default => "default",
             Strategy::Coalesce => "coalesce",
+            Strategy::Tar => "tar",
+            Strategy::Zip => "zip",
+            Strategy::Bundle => "bundle",
+            Strategy::BundleTigris => "bundle-tigris",
+            Strategy::BundleAistore => "bundle-aistore",
+        }
+    }
+
+    fn bundle_protocol(self) -> Option<BundleProtocol> {
+        match self {
+            Strategy::BundleTigris => Some(BundleProtocol::Tigris),
+            Strategy::BundleAistore => Some(BundleProtocol::AiStore),
+            _ => None,
+        }
+    }
+}
+
+/// The bundle protocol of the `bundle` strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    /// Tigris bundle: `POST /{bucket}?bundle`.
+    Tigris,
+    /// AIStore GetBatch: `GET /v1/ml/moss/{bucket}`.
+    Aistore,
+}
+
+impl ProtocolArg {
+    fn protocol(self) -> BundleProtocol {
+        match self {
+            ProtocolArg::Tigris => BundleProtocol::Tigris,
+            ProtocolArg::Aistore => BundleProtocol::AiStore,
         }
     }
 }
@@ -56,32 +110,62 @@ pub struct SweepArgs {
     /// Batch sizes (objects per read).
     #[arg(long, value_delimiter = ',', default_value = "16,100,1000,10000")]
     batches: Vec<usize>,
-    /// Strategies to compare.
-    #[arg(long, value_delimiter = ',', default_value = "loop,default,coalesce")]
+    /// Strategies to compare (`bundle` is the protocol of --bundle-protocol;
+    /// `bundle-tigris`, `bundle-aistore` name one).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "loop,default,coalesce,tar,zip,bundle"
+    )]
     strategies: Vec<Strategy>,
-    /// Simulated round trip in ms (embedded target only).
+    /// The protocol of the `bundle` strategy.
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Aistore)]
+    bundle_protocol: ProtocolArg,
+    /// Round trip in ms: of the latency model (embedded target), or of the TCP delay proxy
+    /// (--proxy).
     #[arg(long, default_value_t = 10.0)]
     rtt_ms: f64,
-    /// Simulated shared bandwidth in MB/s (embedded target only; default: unlimited).
+    /// Bandwidth in MB/s, shared by all requests (embedded and --proxy; default: unlimited).
     #[arg(long)]
     bandwidth_mbps: Option<f64>,
+    /// Put the embedded servers behind a real TCP delay proxy (--rtt-ms, --bandwidth-mbps)
+    /// instead of the latency model.
+    #[arg(long, conflicts_with = "url")]
+    proxy: bool,
+    /// The share of its data set a batch reads: 1 (default) writes exactly the batch's
+    /// objects, so packed and archive shards are read whole; 0.1 writes ten times as many
+    /// and reads a random tenth, so packed and archive reads have gaps to bridge.
+    #[arg(long, default_value_t = 1.0)]
+    fill: f64,
     /// Measured repetitions per cell after one warm-up; the median is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
     /// Reads in flight (the store's I/O budget).
     #[arg(long, default_value_t = IoBudget::DEFAULT_LIMIT)]
     budget: usize,
-    /// Largest data set per object size; larger batches are skipped (and said so).
+    /// Largest data set (one copy) per cell; larger cells are skipped (and said so).
     #[arg(long, default_value = "256MiB")]
     max_cell_bytes: String,
     /// The loop strategy times this many sequential gets and scales to the batch (a loop is
     /// linear in the batch); rows so estimated are marked `est.`.
     #[arg(long, default_value_t = 20)]
     loop_sample: usize,
+    /// The object read once to measure the bandwidth B.
+    #[arg(long, default_value = "64MiB")]
+    link_probe: String,
     /// Read from this object_store URL (e.g. s3://bucket/prefix; credentials from the usual
     /// environment) instead of the embedded server. Data is written below it first.
     #[arg(long)]
     url: Option<String>,
+    /// With --url: the bundle endpoint serving the same bucket (e.g. https://t3.storage.dev
+    /// for Tigris, http://ais-proxy:8080 for AIStore), spoken with --bundle-protocol.
+    /// Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (SigV4, region AWS_REGION,
+    /// default auto), or AIS_AUTHN_TOKEN. Without it, the bundle strategies are skipped.
+    #[arg(long, requires = "url")]
+    bundle_url: Option<String>,
+    /// With --bundle-url: the bucket (default: the bucket of --url).
+    #[arg(long, requires = "bundle_url")]
+    bundle_bucket: Option<String>,
     /// Delete the data set when done (always done for the embedded target).
     #[arg(long)]
     cleanup: bool,
@@ -104,312 +188,248 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     num.trim()
         .parse::<u64>()
-        .map(|n| n * mult)
-        .map_err(|_| format!("not a size: {s:?} (use e.g. 16KiB, 1MiB)"))
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("not a size: {s:?} (use e.g. 16KiB, 1MiB)"))
 }
 
-fn size_label(bytes: u64) -> String {
-    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
-        format!("{} MiB", bytes >> 20)
-    } else if bytes >= 1 << 10 && bytes.is_multiple_of(1 << 10) {
-        format!("{} KiB", bytes >> 10)
-    } else {
-        format!("{bytes} B")
+/// `bundle` becomes the protocol named; duplicates go; the order is kept.
+fn resolve(strategies: &[Strategy], protocol: ProtocolArg) -> Vec<Strategy> {
+    let mut out: Vec<Strategy> = Vec::new();
+    for &s in strategies {
+        let s = match (s, protocol) {
+            (Strategy::Bundle, ProtocolArg::Tigris) => Strategy::BundleTigris,
+            (Strategy::Bundle, ProtocolArg::Aistore) => Strategy::BundleAistore,
+            (s, _) => s,
+        };
+        if !out.contains(&s) {
+            out.push(s);
+        }
     }
+    out
 }
 
-/// Axis labels on a log scale fall on powers of ten: name them in decimal units.
-fn decimal_label(bytes: f64) -> String {
-    match bytes {
-        b if b >= 1e9 => format!("{:.0} GB", b / 1e9),
-        b if b >= 1e6 => format!("{:.0} MB", b / 1e6),
-        b if b >= 1e3 => format!("{:.0} kB", b / 1e3),
-        b => format!("{b:.0} B"),
-    }
-}
-
-/// One measured cell.
-#[derive(Debug, Clone)]
-struct Row {
+/// One cell of the sweep: a batch of `batch` objects of `size` bytes, read out of a data
+/// set of `objects` objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cell {
     size: u64,
     batch: usize,
-    strategy: Strategy,
-    requests: u64,
-    bytes_asked: u64,
-    bytes_fetched: u64,
-    wall: Duration,
-    first: Duration,
-    estimated: bool,
-    limit: Duration,
+    objects: usize,
 }
 
-struct Target {
-    /// For writing the data set (no latency charged).
-    writer: Arc<dyn ObjectStore>,
-    /// For reading: counted, and behind the latency model on the embedded target.
-    reader: Arc<Metrics<Arc<dyn ObjectStore>>>,
-    prefix: String,
-    round_trip: Duration,
-    bandwidth: f64,
-    description: String,
-    _server: Option<S3Server>,
-}
-
-const KEYS: (&str, &str) = ("getmany-bench", "getmany-bench-secret");
-
-async fn embedded(args: &SweepArgs) -> Result<Target, Error> {
-    let server = S3Server::start(
-        Arc::new(InMemory::new()),
-        "bench",
-        "127.0.0.1:0".parse()?,
-        Some((KEYS.0.into(), KEYS.1.into())),
-    )
-    .await?;
-    let client: Arc<dyn ObjectStore> = Arc::new(
-        AmazonS3Builder::new()
-            .with_client_options(
-                object_store::ClientOptions::new().with_pool_max_idle_per_host(1024),
-            )
-            .with_endpoint(server.url())
-            .with_allow_http(true)
-            .with_bucket_name("bench")
-            .with_region("us-east-1")
-            .with_access_key_id(KEYS.0)
-            .with_secret_access_key(KEYS.1)
-            .build()?,
-    );
-    let mut model = LatencyModel::round_trip(Duration::from_secs_f64(args.rtt_ms / 1e3));
-    if let Some(mbps) = args.bandwidth_mbps {
-        model = model.with_bandwidth(mbps * 1e6);
-    }
-    let slow: Arc<dyn ObjectStore> = Arc::new(Latency::new(client.clone(), model));
-    Ok(Target {
-        writer: client,
-        reader: Arc::new(Metrics::new(slow)),
-        prefix: "sweep".into(),
-        round_trip: Duration::ZERO,
-        bandwidth: 0.0,
-        description: format!(
-            "embedded S3 server (s3s over object_store InMemory, SigV4) at {}, latency model: round trip {} ms{}",
-            server.url(),
-            args.rtt_ms,
-            args.bandwidth_mbps
-                .map(|b| format!(", bandwidth {b} MB/s"))
-                .unwrap_or_default()
-        ),
-        _server: Some(server),
-    })
-}
-
-fn remote(url: &str) -> Result<Target, Error> {
-    let parsed = url::Url::parse(url)?;
-    let (store, path) = object_store::parse_url_opts(&parsed, std::env::vars())?;
-    let store: Arc<dyn ObjectStore> = Arc::from(store);
-    let prefix = if path.as_ref().is_empty() {
-        "getmany-bench".to_string()
-    } else {
-        format!("{path}/getmany-bench")
-    };
-    Ok(Target {
-        writer: store.clone(),
-        reader: Arc::new(Metrics::new(store)),
-        prefix,
-        round_trip: Duration::ZERO,
-        bandwidth: 0.0,
-        description: format!("{url} (no simulated latency)"),
-        _server: None,
-    })
-}
-
-impl Target {
-    fn store(&self, budget: usize) -> ObjectStoreStore {
-        ObjectStoreStore::new(self.reader.clone()).with_budget(IoBudget::new(budget))
-    }
-
-    fn limit(&self, payload: u64) -> Duration {
-        self.round_trip + Duration::from_secs_f64(payload as f64 / self.bandwidth)
-    }
-
-    /// Measures L (median of 21 one-byte reads) and B (one 64 MiB read, median of 3)
-    /// through the whole read stack.
-    async fn measure_link(&mut self) -> Result<(), Error> {
-        let one = Path::from(format!("{}/probe/one", self.prefix));
-        let big = Path::from(format!("{}/probe/big", self.prefix));
-        self.writer.put(&one, PutPayload::from(vec![1u8])).await?;
-        self.writer
-            .put(&big, PutPayload::from(vec![2u8; 64 << 20]))
-            .await?;
-        let (round_trip, bandwidth) =
-            crate::link::measure_link(&self.store(1), one.as_ref(), big.as_ref(), 64 << 20, 3)
-                .await?;
-        self.round_trip = round_trip;
-        self.bandwidth = bandwidth;
-        self.writer.delete(&one).await?;
-        self.writer.delete(&big).await?;
-        Ok(())
-    }
-
-    async fn delete_prefix(&self, prefix: &str) -> Result<(), Error> {
-        let listed: Vec<Path> = self
-            .writer
-            .list(Some(&Path::from(prefix)))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await?;
-        futures::stream::iter(listed)
-            .map(|p| async move { self.writer.delete(&p).await })
-            .buffer_unordered(64)
-            .try_collect::<Vec<_>>()
-            .await?;
-        Ok(())
-    }
-}
-
-/// The objects of one size: each alone, and packed back to back in shards.
-struct DataSet {
-    size: u64,
-    objects: Vec<String>,
-    /// For each object: its shard key and offset.
-    packed: Vec<(String, u64)>,
-}
-
-async fn write_data_set(target: &Target, size: u64, count: usize) -> Result<DataSet, Error> {
-    let base = format!("{}/{}", target.prefix, size);
-    let objects: Vec<String> = (0..count).map(|i| format!("{base}/o/{i:06}")).collect();
-    // Content differs per object so a mixed-up answer would show.
-    let content = |i: usize| -> Bytes {
-        let mut v = vec![(i % 251) as u8; size as usize];
-        v[..8.min(size as usize)]
-            .copy_from_slice(&(i as u64).to_le_bytes()[..8.min(size as usize)]);
-        v.into()
-    };
-    futures::stream::iter(objects.iter().enumerate())
-        .map(|(i, k)| {
-            let value = content(i);
-            async move {
-                target
-                    .writer
-                    .put(&Path::from(k.as_str()), PutPayload::from_bytes(value))
-                    .await
+/// The cells to run, size by size, and the (size, batch) pairs skipped because their data
+/// set exceeds `max_cell` bytes.
+fn plan_cells(
+    sizes: &[u64],
+    batches: &[usize],
+    fill: f64,
+    max_cell: u64,
+) -> (Vec<Cell>, Vec<(u64, usize)>) {
+    let mut cells = Vec::new();
+    let mut skipped = Vec::new();
+    for &size in sizes {
+        for &batch in batches {
+            let objects = ((batch as f64 / fill).ceil() as usize).max(batch);
+            if (objects as u64).saturating_mul(size) <= max_cell {
+                cells.push(Cell {
+                    size,
+                    batch,
+                    objects,
+                });
+            } else {
+                skipped.push((size, batch));
             }
-        })
-        .buffer_unordered(64)
-        .try_collect::<Vec<_>>()
-        .await?;
-    let per_shard = ((64u64 << 20) / size).clamp(1, count as u64) as usize;
-    let mut packed = Vec::with_capacity(count);
-    for (s, chunk) in (0..count).collect::<Vec<_>>().chunks(per_shard).enumerate() {
-        let key = format!("{base}/packed/{s:04}");
-        let mut shard = Vec::with_capacity(chunk.len() * size as usize);
-        for &i in chunk {
-            packed.push((key.clone(), shard.len() as u64));
-            shard.extend_from_slice(&content(i));
         }
-        target
-            .writer
-            .put(&Path::from(key.as_str()), PutPayload::from(shard))
-            .await?;
     }
-    Ok(DataSet {
-        size,
-        objects,
-        packed,
-    })
+    (cells, skipped)
 }
 
-/// Drains a get_many stream; returns the time to the first answer. Panics on a failed read:
-/// a benchmark whose reads fail measures nothing.
-async fn drain(mut stream: getmany::GetManyStream<'_>, n: usize, started: Instant) -> Duration {
+/// A shuffled choice of `batch` of `objects` (all of them, shuffled, when equal).
+fn pick(objects: usize, batch: usize, rng: &mut u64) -> Vec<usize> {
+    let mut picks: Vec<usize> = (0..objects).collect();
+    for i in (1..picks.len()).rev() {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        picks.swap(i, (*rng % (i as u64 + 1)) as usize);
+    }
+    picks.truncate(batch);
+    picks
+}
+
+/// The bundle HTTP requests `BundleStore` (its defaults: at most 5,000 keys per bundle, a
+/// batch spread over up to 4 bundles of at least 256 keys) makes for `keys` distinct keys.
+/// Used where the server's own count is not available (a remote endpoint).
+fn planned_bundles(keys: usize) -> u64 {
+    if keys == 0 {
+        return 0;
+    }
+    let needed = keys.div_ceil(getmany::MAX_KEYS_PER_BUNDLE);
+    let parallel = (keys / 256).clamp(1, 4);
+    let per_bundle = keys.div_ceil(needed.max(parallel));
+    keys.div_ceil(per_bundle) as u64
+}
+
+/// What one cell's strategies read through.
+struct CellStores<'a> {
+    target: &'a Target,
+    store: ObjectStoreStore,
+    archive: Option<ArchiveStore<ObjectStoreStore>>,
+    layout: &'a Layout,
+}
+
+/// Drains a get_many stream, checking every answer against the object it is for; returns
+/// the time to the first answer.
+async fn drain(
+    mut stream: getmany::GetManyStream<'_>,
+    picks: &[usize],
+    size: u64,
+    started: Instant,
+) -> Result<Duration, String> {
     let mut first = None;
-    let mut answered = 0;
+    let mut answered = vec![false; picks.len()];
     while let Some((index, result)) = stream.next().await {
         first.get_or_insert_with(|| started.elapsed());
+        let Some(&object) = picks.get(index) else {
+            return Err(format!(
+                "an answer for request {index}, which was not asked"
+            ));
+        };
         match result {
-            Ok(Some(_)) => answered += 1,
-            other => panic!("benchmark read {index} failed: {other:?}"),
+            Ok(Some(bytes)) => data::check(object, size, &bytes)?,
+            Ok(None) => return Err(format!("request {index}: object {object} not found")),
+            Err(e) => return Err(format!("request {index} (object {object}): {e}")),
+        }
+        if std::mem::replace(&mut answered[index], true) {
+            return Err(format!("request {index} answered twice"));
         }
     }
-    assert_eq!(answered, n, "every request answered");
-    first.unwrap_or_default()
+    let missing = answered.iter().filter(|a| !**a).count();
+    if missing > 0 {
+        return Err(format!(
+            "{missing} of {} requests not answered",
+            picks.len()
+        ));
+    }
+    Ok(first.unwrap_or_default())
 }
 
 async fn run_once(
-    target: &Target,
-    store: &ObjectStoreStore,
+    stores: &CellStores<'_>,
     strategy: Strategy,
-    data: &DataSet,
     picks: &[usize],
-) -> Duration {
+) -> Result<Duration, String> {
+    let layout = stores.layout;
+    let requests = layout.requests(strategy, picks);
     let started = Instant::now();
     match strategy {
         Strategy::Loop => {
             let mut first = None;
-            for &i in picks {
-                store
-                    .get(&data.objects[i], None)
+            for (request, &object) in requests.iter().zip(picks) {
+                let bytes = stores
+                    .store
+                    .get(&request.key, request.range.clone())
                     .await
-                    .expect("benchmark read")
-                    .expect("benchmark object exists");
+                    .map_err(|e| format!("object {object}: {e}"))?
+                    .ok_or_else(|| format!("object {object} not found"))?;
+                data::check(object, layout.size, &bytes)?;
                 first.get_or_insert_with(|| started.elapsed());
             }
-            first.unwrap_or_default()
+            Ok(first.unwrap_or_default())
         }
         Strategy::Default => {
-            let requests: Vec<Request> = picks
-                .iter()
-                .map(|&i| Request::whole(data.objects[i].clone()))
-                .collect();
-            drain(get_many_concurrent(store, requests), picks.len(), started).await
+            let stream = get_many_concurrent(&stores.store, requests);
+            drain(stream, picks, layout.size, started).await
         }
         Strategy::Coalesce => {
-            let requests: Vec<Request> = picks
-                .iter()
-                .map(|&i| {
-                    let (key, at) = &data.packed[i];
-                    Request::range(key.clone(), *at..*at + data.size)
-                })
-                .collect();
-            let _ = target;
-            drain(store.get_many(requests), picks.len(), started).await
+            drain(stores.store.get_many(requests), picks, layout.size, started).await
+        }
+        Strategy::Tar | Strategy::Zip => {
+            let archive = stores.archive.as_ref().ok_or("no archive store")?;
+            drain(archive.get_many(requests), picks, layout.size, started).await
+        }
+        Strategy::Bundle | Strategy::BundleTigris | Strategy::BundleAistore => {
+            let client = strategy
+                .bundle_protocol()
+                .and_then(|p| stores.target.bundle(p))
+                .ok_or("no bundle client")?;
+            drain(client.store.get_many(requests), picks, layout.size, started).await
+        }
+    }
+}
+
+/// Resets the counters; returns the bundle server's request count, to subtract later.
+fn reset_counts(target: &Target) -> u64 {
+    target.reader.reset();
+    for b in &target.bundles {
+        b.store.reset();
+    }
+    target
+        .bundle_server
+        .as_ref()
+        .map_or(0, |s| s.stats().requests())
+}
+
+/// Requests and bytes fetched since [`reset_counts`], for `strategy`.
+fn counts(target: &Target, strategy: Strategy, size: u64, server_before: u64) -> (u64, u64) {
+    match strategy.bundle_protocol().and_then(|p| target.bundle(p)) {
+        Some(client) => {
+            let answered = client.store.snapshot();
+            let requests = match &target.bundle_server {
+                Some(server) => server.stats().requests() - server_before,
+                None => planned_bundles(answered.found as usize),
+            };
+            // What crossed the wire: the objects in tar framing.
+            (
+                requests,
+                data::tar_stream_bytes(answered.found, size, requests),
+            )
+        }
+        None => {
+            let m = target.reader.snapshot();
+            (m.reads, m.bytes)
         }
     }
 }
 
 async fn measure(
-    target: &Target,
+    stores: &CellStores<'_>,
     args: &SweepArgs,
     strategy: Strategy,
-    data: &DataSet,
     picks: &[usize],
-) -> Row {
-    let store = target.store(args.budget);
+) -> Result<Row, Error> {
+    let target = stores.target;
+    let size = stores.layout.size;
     let n = picks.len();
-    let (sample, estimated) = if strategy == Strategy::Loop && n > args.loop_sample {
+    let (sample, estimated) = if strategy == Strategy::Loop && n > args.loop_sample.max(1) {
         (&picks[..args.loop_sample.max(1)], true)
     } else {
         (picks, false)
     };
     let scale = n as f64 / sample.len() as f64;
-    run_once(target, &store, strategy, data, sample).await; // warm-up
+    let failed = |e: String| format!("{} x {} {}: {e}", n, size_label(size), strategy.name());
+    run_once(stores, strategy, sample).await.map_err(failed)?; // warm-up
     let mut runs = Vec::new();
     for _ in 0..args.repeat.max(1) {
-        target.reader.reset();
+        let server_before = reset_counts(target);
         let started = Instant::now();
-        let first = run_once(target, &store, strategy, data, sample).await;
+        let first = run_once(stores, strategy, sample).await.map_err(failed)?;
         let wall = started.elapsed().mul_f64(scale);
-        let m = target.reader.snapshot();
+        let (requests, fetched) = counts(target, strategy, size, server_before);
         runs.push((
             wall,
             first,
-            (m.reads as f64 * scale) as u64,
-            (m.bytes as f64 * scale) as u64,
+            (requests as f64 * scale).round() as u64,
+            (fetched as f64 * scale).round() as u64,
         ));
     }
     runs.sort_by_key(|r| r.0);
     let (wall, first, requests, fetched) = runs[runs.len() / 2];
-    let payload = n as u64 * data.size;
-    Row {
-        size: data.size,
+    let payload = n as u64 * size;
+    Ok(Row {
+        size,
         batch: n,
         strategy,
         requests,
@@ -418,202 +438,48 @@ async fn measure(
         wall,
         first,
         estimated,
-        limit: target.limit(payload),
-    }
+        limit: target.limit(payload, strategy.bundle_protocol().is_some()),
+    })
 }
 
-fn ms(d: Duration) -> String {
-    if d.as_secs_f64() >= 10.0 {
-        format!("{:.1} s", d.as_secs_f64())
-    } else {
-        format!("{:.1} ms", d.as_secs_f64() * 1e3)
-    }
-}
-
-fn table(rows: &[Row], loops: &HashMap<(u64, usize), Duration>) -> Table {
-    let mut t = Table::new();
-    t.load_preset(ASCII_MARKDOWN);
-    t.set_header(vec![
-        "batch",
-        "strategy",
-        "GETs",
-        "MB asked",
-        "MB fetched",
-        "wall (median)",
-        "MB/s",
-        "speed-up vs loop",
-        "wall / (L + P/B)",
-        "first result",
-    ]);
-    for r in rows {
-        let speedup = loops
-            .get(&(r.size, r.batch))
-            .map(|l| format!("{:.1}x", l.as_secs_f64() / r.wall.as_secs_f64()))
-            .unwrap_or_else(|| "-".into());
-        t.add_row(vec![
-            r.batch.to_string(),
-            format!(
-                "{}{}",
-                r.strategy.name(),
-                if r.estimated { " (est.)" } else { "" }
-            ),
-            r.requests.to_string(),
-            format!("{:.2}", r.bytes_asked as f64 / 1e6),
-            format!("{:.2}", r.bytes_fetched as f64 / 1e6),
-            ms(r.wall),
-            format!("{:.0}", r.bytes_asked as f64 / 1e6 / r.wall.as_secs_f64()),
-            speedup,
-            format!("{:.2}", r.wall.as_secs_f64() / r.limit.as_secs_f64()),
-            ms(r.first),
-        ]);
-    }
-    t
-}
-
-fn write_csv(
-    path: &std::path::Path,
-    rows: &[Row],
-    loops: &HashMap<(u64, usize), Duration>,
-) -> Result<(), Error> {
-    let mut w = csv::Writer::from_path(path)?;
-    w.write_record([
-        "object_bytes",
-        "batch",
-        "strategy",
-        "estimated",
-        "requests",
-        "bytes_asked",
-        "bytes_fetched",
-        "wall_ms",
-        "first_ms",
-        "throughput_mb_s",
-        "speedup_vs_loop",
-        "limit_ms",
-        "ratio_to_limit",
-    ])?;
-    for r in rows {
-        let speedup = loops
-            .get(&(r.size, r.batch))
-            .map(|l| l.as_secs_f64() / r.wall.as_secs_f64());
-        w.write_record([
-            r.size.to_string(),
-            r.batch.to_string(),
-            r.strategy.name().to_string(),
-            r.estimated.to_string(),
-            r.requests.to_string(),
-            r.bytes_asked.to_string(),
-            r.bytes_fetched.to_string(),
-            format!("{:.3}", r.wall.as_secs_f64() * 1e3),
-            format!("{:.3}", r.first.as_secs_f64() * 1e3),
-            format!("{:.1}", r.bytes_asked as f64 / 1e6 / r.wall.as_secs_f64()),
-            speedup.map(|s| format!("{s:.2}")).unwrap_or_default(),
-            format!("{:.3}", r.limit.as_secs_f64() * 1e3),
-            format!("{:.3}", r.wall.as_secs_f64() / r.limit.as_secs_f64()),
-        ])?;
-    }
-    w.flush()?;
-    Ok(())
-}
-
-/// One panel per strategy: speed-up over the loop against object size, a line per batch.
-fn write_chart(
-    path: &std::path::Path,
-    rows: &[Row],
-    loops: &HashMap<(u64, usize), Duration>,
-    title: &str,
-) -> Result<(), Error> {
-    use plotters::prelude::*;
-    let strategies: Vec<Strategy> = {
-        let mut s: Vec<Strategy> = rows
-            .iter()
-            .map(|r| r.strategy)
-            .filter(|s| *s != Strategy::Loop)
-            .collect();
-        s.sort_by_key(|s| *s as u8);
-        s.dedup();
-        s
+/// Builds the archive indexes of a cell (before timing, as a reader with a warm cache has
+/// them); returns the store and a line saying what indexing cost.
+async fn index_archives(
+    target: &Target,
+    layout: &Layout,
+    budget: usize,
+    tar: bool,
+    zip: bool,
+) -> Result<(ArchiveStore<ObjectStoreStore>, String), Error> {
+    let config = ArchiveConfig {
+        read_sidecars: false,
+        ..ArchiveConfig::default()
     };
-    if strategies.is_empty() || loops.is_empty() {
-        return Ok(());
-    }
-    let mut batches: Vec<usize> = rows.iter().map(|r| r.batch).collect();
-    batches.sort();
-    batches.dedup();
-    let sizes: Vec<u64> = rows.iter().map(|r| r.size).collect();
-    let (min_size, max_size) = (
-        *sizes.iter().min().unwrap_or(&1) as f64,
-        *sizes.iter().max().unwrap_or(&1) as f64,
-    );
-    let speedups: Vec<f64> = rows
-        .iter()
-        .filter_map(|r| {
-            loops
-                .get(&(r.size, r.batch))
-                .map(|l| l.as_secs_f64() / r.wall.as_secs_f64())
-        })
-        .collect();
-    let max_speedup = speedups.iter().cloned().fold(1.0f64, f64::max) * 2.0;
-
-    let width = 480 * strategies.len() as u32;
-    let root = SVGBackend::new(path, (width.max(480), 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let root = root.titled(title, ("sans-serif", 18))?;
-    let panels = root.split_evenly((1, strategies.len()));
-    for (panel, strategy) in panels.iter().zip(&strategies) {
-        let mut chart = ChartBuilder::on(panel)
-            .caption(
-                format!("{} vs one get per object", strategy.name()),
-                ("sans-serif", 15),
-            )
-            .margin(10)
-            .x_label_area_size(35)
-            .y_label_area_size(50)
-            .build_cartesian_2d(
-                (min_size / 1.5..max_size * 1.5).log_scale(),
-                (0.5f64..max_speedup).log_scale(),
-            )?;
-        chart
-            .configure_mesh()
-            .x_desc("object size")
-            .y_desc("speed-up (x)")
-            .x_label_formatter(&|v| decimal_label(*v))
-            .draw()?;
-        for (i, batch) in batches.iter().enumerate() {
-            let mut points: Vec<(f64, f64)> = rows
-                .iter()
-                .filter(|r| r.strategy == *strategy && r.batch == *batch)
-                .filter_map(|r| {
-                    loops
-                        .get(&(r.size, r.batch))
-                        .map(|l| (r.size as f64, l.as_secs_f64() / r.wall.as_secs_f64()))
-                })
-                .collect();
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            if points.is_empty() {
-                continue;
-            }
-            let color = Palette99::pick(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-                .label(format!("batch {batch}"))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2))
-                });
-            chart.draw_series(
-                points
-                    .into_iter()
-                    .map(|p| Circle::new(p, 3, color.filled())),
-            )?;
+    let archive = ArchiveStore::with_config(target.store(budget), config);
+    let mut notes = Vec::new();
+    for (wanted, kind, keys) in [
+        (tar, "tar", layout.tar_shards()),
+        (zip, "zip", layout.zip_shards()),
+    ] {
+        if !wanted {
+            continue;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()?;
+        target.reader.reset();
+        let started = Instant::now();
+        let indexes = futures::future::join_all(keys.iter().map(|k| archive.index(k))).await;
+        for (key, index) in keys.iter().zip(indexes) {
+            index?.ok_or_else(|| format!("{key}: written but not found"))?;
+        }
+        let m = target.reader.snapshot();
+        notes.push(format!(
+            "{kind}: {} shards in {} GETs, {:.1} MB, {}",
+            keys.len(),
+            m.reads,
+            m.bytes as f64 / 1e6,
+            ms(started.elapsed())
+        ));
     }
-    root.present()?;
-    Ok(())
+    Ok((archive, notes.join("; ")))
 }
 
 /// Runs the sweep.
@@ -624,134 +490,273 @@ pub async fn run(args: SweepArgs) -> Result<(), Error> {
         .map(|s| parse_size(s))
         .collect::<Result<_, _>>()?;
     let max_cell = parse_size(&args.max_cell_bytes)?;
+    let probe = parse_size(&args.link_probe)?;
+    if !(args.fill > 0.0 && args.fill <= 1.0) {
+        return Err(format!("--fill {}: must be in (0, 1]", args.fill).into());
+    }
+    if args.batches.contains(&0) {
+        return Err("--batches: a batch holds at least one object".into());
+    }
     let mut target = match &args.url {
-        Some(url) => remote(url)?,
-        None => embedded(&args).await?,
+        Some(url) => target::remote(url, &args)?,
+        None => target::embedded(&args).await?,
     };
+    let mut strategies = resolve(&args.strategies, args.bundle_protocol);
+    strategies.retain(|s| match s.bundle_protocol() {
+        Some(p) if target.bundle(p).is_none() => {
+            println!(
+                "Strategy {} skipped: {}.",
+                s.name(),
+                target.no_bundle.clone().unwrap_or_else(|| format!(
+                    "the bundle endpoint speaks {}",
+                    target::protocol_name(target.bundles[0].protocol)
+                ))
+            );
+            false
+        }
+        _ => true,
+    });
     std::fs::create_dir_all(&args.out)?;
-    target.measure_link().await?;
+    target.measure_link(probe).await?;
     println!("# getmany bench");
     println!();
     println!("Target: {}.", target.description);
+    println!();
     println!(
-        "Measured through the read stack: L = {} (median of 21 one-byte GETs), B = {:.0} MB/s (one 64 MiB GET). I/O budget {}; medians of {} runs after a warm-up.",
+        "Measured through the S3 read stack: L = {} (median of 21 one-byte GETs), B = {:.0} MB/s (one {} GET, median of 3){}. I/O budget {}; medians of {} runs after a warm-up.",
         ms(target.round_trip),
         target.bandwidth / 1e6,
+        size_label(probe),
+        target
+            .bundle_link
+            .map(|(l, b)| format!(
+                "; through the bundle stack (`BundleStore`, bundle server): L = {} (one-key bundles of the one-byte object), B = {:.0} MB/s (one-key bundles of the {} object). Each row's `L + P/B` uses the L and B of its own stack",
+                ms(l),
+                b / 1e6,
+                size_label(probe)
+            ))
+            .unwrap_or_default(),
         args.budget,
         args.repeat
     );
     println!();
+    println!("How each strategy pays the round trip:");
+    println!();
+    for line in &target.latency {
+        println!("* {line}");
+    }
+    println!();
+    println!(
+        "Data set per cell: {}. tar and zip: `ArchiveStore` over the same `ObjectStoreStore`; each cell's shard indexes are built once before timing and cached, as a reader with a warm index has them (the cost is listed under each table). bundle: `BundleStore` with its defaults (up to 4 bundles in flight); reads issued = bundle HTTP requests, MB fetched = the tar stream (512-byte header per member, data padded to 512 bytes). Every answer is checked (length and the object's index in its first bytes).",
+        if args.fill >= 1.0 {
+            "exactly the batch's objects (each alone; packed back to back, and as tar and stored zip members, in shards of 64 MiB), read in shuffled order".to_string()
+        } else {
+            format!(
+                "{:.0}x the batch's objects (each alone; packed, tar and stored zip shards of 64 MiB); the batch reads a random {:.0}% of them",
+                1.0 / args.fill,
+                args.fill * 100.0
+            )
+        }
+    );
+    println!();
 
-    let cells: usize = sizes
-        .iter()
-        .map(|&s| {
-            args.batches
-                .iter()
-                .filter(|&&b| b as u64 * s <= max_cell)
-                .count()
-        })
-        .sum::<usize>()
-        * args.strategies.len();
-    let progress = ProgressBar::new(cells as u64);
+    let (cells, skipped) = plan_cells(&sizes, &args.batches, args.fill, max_cell);
+    let progress = ProgressBar::new((cells.len() * strategies.len()) as u64);
     progress.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} cells {msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let copies = Copies::for_strategies(&strategies);
+    let wants_tar = strategies.contains(&Strategy::Tar);
+    let wants_zip = strategies.contains(&Strategy::Zip);
 
     let mut rows: Vec<Row> = Vec::new();
-    let mut loops: HashMap<(u64, usize), Duration> = HashMap::new();
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     for &size in &sizes {
-        let batches: Vec<usize> = args
-            .batches
-            .iter()
-            .copied()
-            .filter(|&b| b as u64 * size <= max_cell)
-            .collect();
-        let skipped: Vec<usize> = args
-            .batches
-            .iter()
-            .copied()
-            .filter(|&b| b as u64 * size > max_cell)
-            .collect();
-        let Some(&largest) = batches.iter().max() else {
-            progress.println(format!(
-                "{}: every batch exceeds --max-cell-bytes {}; skipped",
-                size_label(size),
-                args.max_cell_bytes
-            ));
-            continue;
-        };
-        progress.set_message(format!("writing {} x {}", largest, size_label(size)));
-        let data = write_data_set(&target, size, largest).await?;
         let mut size_rows = Vec::new();
-        for &batch in &batches {
-            // A random subset of the objects, so packed reads have gaps unless batch = all.
-            let mut picks: Vec<usize> = (0..largest).collect();
-            for i in (1..picks.len()).rev() {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                picks.swap(i, (rng % (i as u64 + 1)) as usize);
-            }
-            picks.truncate(batch);
-            for &strategy in &args.strategies {
+        let mut notes = Vec::new();
+        for cell in cells.iter().filter(|c| c.size == size) {
+            let base = Layout::base_of(&target.prefix, size, cell.batch);
+            progress.set_message(format!("writing {} x {}", cell.objects, size_label(size)));
+            let layout = Layout::new(&base, size, cell.objects);
+            data::write(&target.writer, &layout, copies).await?;
+            let archive = if wants_tar || wants_zip {
+                progress.set_message(format!("indexing {} x {}", cell.objects, size_label(size)));
+                let (archive, note) =
+                    index_archives(&target, &layout, args.budget, wants_tar, wants_zip).await?;
+                notes.push(format!("batch {}: {note}", cell.batch));
+                Some(archive)
+            } else {
+                None
+            };
+            let stores = CellStores {
+                target: &target,
+                store: target.store(args.budget),
+                archive,
+                layout: &layout,
+            };
+            let picks = pick(cell.objects, cell.batch, &mut rng);
+            for &strategy in &strategies {
                 progress.set_message(format!(
                     "{} x {} {}",
-                    batch,
+                    cell.batch,
                     size_label(size),
                     strategy.name()
                 ));
-                let row = measure(&target, &args, strategy, &data, &picks).await;
-                if strategy == Strategy::Loop {
-                    loops.insert((size, batch), row.wall);
-                }
-                size_rows.push(row);
+                size_rows.push(measure(&stores, &args, strategy, &picks).await?);
                 progress.inc(1);
             }
+            drop(stores);
+            target.delete_prefix(&base).await?;
         }
+        let skipped_here: Vec<usize> = skipped
+            .iter()
+            .filter(|(s, _)| *s == size)
+            .map(|(_, b)| *b)
+            .collect();
+        let baselines = Baselines::new(&size_rows);
         progress.suspend(|| {
             println!(
-                "## {} objects (B = {:.0} MB/s, L = {})",
+                "## {} objects (L = {}, B = {:.0} MB/s)",
                 size_label(size),
-                target.bandwidth / 1e6,
-                ms(target.round_trip)
+                ms(target.round_trip),
+                target.bandwidth / 1e6
             );
             println!();
-            println!("{}", table(&size_rows, &loops));
-            if !skipped.is_empty() {
+            if !size_rows.is_empty() {
+                println!("{}", report::table(&size_rows, &baselines));
                 println!();
-                println!(
-                    "Batches {:?} skipped: over --max-cell-bytes {}.",
-                    skipped, args.max_cell_bytes
-                );
             }
-            println!();
+            if !notes.is_empty() {
+                println!(
+                    "Archive indexes, built before timing: {}.",
+                    notes.join(". ")
+                );
+                println!();
+            }
+            if !skipped_here.is_empty() {
+                println!(
+                    "Batches {:?} skipped: their data set is over --max-cell-bytes {}.",
+                    skipped_here, args.max_cell_bytes
+                );
+                println!();
+            }
         });
         rows.extend(size_rows);
-        target
-            .delete_prefix(&format!("{}/{}", target.prefix, size))
-            .await?;
     }
     progress.finish_and_clear();
 
+    let baselines = Baselines::new(&rows);
     let csv_path = args.out.join("bench.csv");
-    write_csv(&csv_path, &rows, &loops)?;
+    report::write_csv(&csv_path, &rows, &baselines)?;
     let chart_path = args.out.join("speedup.svg");
-    write_chart(
+    report::write_chart(
         &chart_path,
         &rows,
-        &loops,
+        &baselines,
         &format!(
-            "getmany bench: speed-up over one get per object ({})",
-            ms(target.round_trip)
+            "getmany bench: speed-up over one get per object (L = {}, {})",
+            ms(target.round_trip),
+            if args.url.is_some() {
+                "remote"
+            } else if args.proxy {
+                "TCP delay proxy"
+            } else {
+                "latency model"
+            }
         ),
     )?;
+    let targets = report::targets(&rows, &baselines);
+    if !targets.is_empty() {
+        println!("## Targets (1-16 KiB objects at batches of 1,000 and more)");
+        println!();
+        for line in targets {
+            println!("* {line}");
+        }
+        println!();
+    }
     println!("Wrote {} and {}.", csv_path.display(), chart_path.display());
     if args.cleanup || args.url.is_none() {
         target.delete_prefix(&target.prefix).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units_and_bad_ones_are_named() {
+        assert_eq!(parse_size("16KiB"), Ok(16384));
+        assert_eq!(parse_size(" 1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("16kb").unwrap_err().contains("\"16kb\""));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("99999999999GiB").is_err());
+    }
+
+    #[test]
+    fn cells_over_the_cap_are_skipped_by_their_data_set() {
+        let sizes = [1 << 10, 1 << 20, 16 << 20];
+        let (cells, skipped) = plan_cells(&sizes, &[16, 100, 1000], 1.0, 256 << 20);
+        assert_eq!(cells.len(), 3 + 2 + 1);
+        assert_eq!(
+            skipped,
+            vec![(1 << 20, 1000), (16 << 20, 100), (16 << 20, 1000)]
+        );
+        assert!(cells.iter().all(|c| c.objects == c.batch));
+        // At fill 0.1 the data set is ten times the batch, and so is what the cap sees.
+        let (cells, skipped) = plan_cells(&[1 << 20], &[16, 100], 0.1, 256 << 20);
+        assert_eq!(
+            cells,
+            vec![Cell {
+                size: 1 << 20,
+                batch: 16,
+                objects: 160
+            }]
+        );
+        assert_eq!(skipped, vec![(1 << 20, 100)]);
+    }
+
+    #[test]
+    fn picks_are_a_shuffled_subset_without_repeats() {
+        let mut rng = 7;
+        let all = pick(1000, 1000, &mut rng);
+        let mut sorted = all.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..1000).collect::<Vec<_>>());
+        assert_ne!(all, sorted, "shuffled");
+        let some = pick(1000, 100, &mut rng);
+        assert_eq!(some.len(), 100);
+        let mut dedup = some.clone();
+        dedup.sort();
+        dedup.dedup();
+        assert_eq!(dedup.len(), 100);
+    }
+
+    #[test]
+    fn bundle_names_resolve_to_one_protocol() {
+        use Strategy::*;
+        assert_eq!(
+            resolve(&[Loop, Bundle, BundleAistore], ProtocolArg::Aistore),
+            vec![Loop, BundleAistore]
+        );
+        assert_eq!(
+            resolve(&[Bundle, BundleAistore], ProtocolArg::Tigris),
+            vec![BundleTigris, BundleAistore]
+        );
+    }
+
+    #[test]
+    fn planned_bundles_follow_the_store_defaults() {
+        assert_eq!(planned_bundles(0), 0);
+        assert_eq!(planned_bundles(16), 1);
+        assert_eq!(planned_bundles(600), 2);
+        assert_eq!(planned_bundles(1000), 3);
+        assert_eq!(planned_bundles(10_000), 4);
+        assert_eq!(planned_bundles(30_000), 6);
+    }
 }
