@@ -88,3 +88,42 @@ async fn object_store_level_latency_sees_every_merged_read() {
     let m = counted.snapshot();
     assert_eq!((m.reads, m.heads), (3, 0));
 }
+
+/// A `Latency` over a store charges a `get_many` call one round trip, and paces answers
+/// only against a set bandwidth: never a timer tick per answer. Measured on tokio's paused
+/// clock, which advances only by the sleeps taken, so the figures are exact.
+#[tokio::test(start_paused = true)]
+async fn latency_charges_one_round_trip_per_get_many_call() {
+    use getmany::MemoryStore;
+    let inner = || {
+        let store = MemoryStore::new();
+        for i in 0..1000 {
+            store.insert(format!("k{i}"), vec![0u8; 1000]);
+        }
+        store
+    };
+    let batch = || -> Vec<Request> { (0..1000).map(|i| Request::whole(format!("k{i}"))).collect() };
+    let round_trip = Duration::from_millis(10);
+
+    let unlimited = Latency::new(inner(), LatencyModel::round_trip(round_trip));
+    let started = tokio::time::Instant::now();
+    assert_eq!(unlimited.get_many(batch()).count().await, 1000);
+    let took = started.elapsed();
+    assert!(
+        took >= round_trip && took < round_trip + Duration::from_millis(2),
+        "1,000 answers on an unlimited link took {took:?}, not one round trip"
+    );
+
+    // 1 MB at 100 MB/s: 10 ms on the link after the round trip.
+    let paced = Latency::new(
+        inner(),
+        LatencyModel::round_trip(round_trip).with_bandwidth(100e6),
+    );
+    let started = tokio::time::Instant::now();
+    assert_eq!(paced.get_many(batch()).count().await, 1000);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(19) && took < Duration::from_millis(22),
+        "1 MB at 100 MB/s after a 10 ms round trip took {took:?}"
+    );
+}

@@ -56,24 +56,35 @@ struct Link {
 }
 
 impl Link {
-    /// Queues `bytes` on the shared link and returns when they will have arrived.
-    fn transfer_done(&self, bytes: u64) -> Instant {
+    /// Queues `bytes` on the shared link and returns when they will have arrived; `None` on
+    /// an unlimited link.
+    fn transfer_done(&self, bytes: u64) -> Option<Instant> {
         let now = Instant::now();
-        let Some(bandwidth) = self.model.bandwidth else {
-            return now;
-        };
+        let bandwidth = self.model.bandwidth?;
         let took = Duration::from_secs_f64(bytes as f64 / bandwidth);
         // A panic while holding this lock cannot leave the instant half-written.
         let mut busy = self.busy_until.lock().unwrap_or_else(|e| e.into_inner());
         let start = (*busy).max(now);
         *busy = start + took;
-        *busy
+        Some(*busy)
+    }
+
+    /// Waits for `bytes` to cross the link. tokio's timer rounds every sleep up to the next
+    /// millisecond, so a wait shorter than one is skipped rather than charged a whole one
+    /// (the link's queue still counts the bytes, so later transfers wait for them): without
+    /// this, every answer on an unlimited link paid an extra millisecond.
+    async fn transfer(&self, bytes: u64) {
+        if let Some(done) = self.transfer_done(bytes)
+            && done.saturating_duration_since(Instant::now()) >= Duration::from_millis(1)
+        {
+            tokio::time::sleep_until(done).await;
+        }
     }
 
     /// Waits one round trip and then for `bytes` to cross the link.
     async fn charge(&self, bytes: u64) {
         tokio::time::sleep(self.model.round_trip).await;
-        tokio::time::sleep_until(self.transfer_done(bytes)).await;
+        self.transfer(bytes).await;
     }
 }
 
@@ -166,7 +177,7 @@ impl<S: Store> Store for Latency<S> {
                         Ok(Some(b)) => b.len() as u64,
                         _ => 0,
                     };
-                    tokio::time::sleep_until(link.transfer_done(bytes)).await;
+                    link.transfer(bytes).await;
                     Some((index, result))
                 })
                 // The connection is held until the last answer has crossed the link.

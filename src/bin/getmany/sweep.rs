@@ -5,7 +5,6 @@
 
 mod data;
 mod report;
-mod round_trip;
 mod target;
 
 use std::path::PathBuf;

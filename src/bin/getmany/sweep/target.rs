@@ -15,7 +15,6 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use super::round_trip::RoundTripPerCall;
 use super::{Error, SweepArgs};
 use crate::proxy::DelayProxy;
 
@@ -170,7 +169,9 @@ pub async fn embedded(args: &SweepArgs) -> Result<Target, Error> {
             .iter()
             .map(|&protocol| {
                 let store = bundle_store(protocol, &bundle_server.url(), BUCKET, &auth)?;
-                let store: Arc<dyn Store> = Arc::new(RoundTripPerCall::new(store, rtt, bandwidth));
+                // Over a Store, `Latency` charges each get_many call one round trip: one
+                // per bundle request for batches of up to 20,000 keys (4 bundles in flight).
+                let store: Arc<dyn Store> = Arc::new(Latency::new(store, model));
                 Ok(BundleClient {
                     protocol,
                     store: Arc::new(Metrics::new(store)),
