@@ -226,13 +226,15 @@ impl TarScanner {
                         extra_len: 0,
                         encrypted: false,
                     };
-                    self.members.push((name.clone(), member));
-                    if let Some(archive_size) = self.archive_size
-                        && data + size > archive_size
-                    {
-                        return self.stop(format!(
-                                "member {name:?} declares {size} bytes at byte {data}, past the end of the archive ({archive_size} bytes)"
-                            ));
+                    let past_end = match self.archive_size {
+                        Some(archive_size) if data + size > archive_size => Some(format!(
+                            "member {name:?} declares {size} bytes at byte {data}, past the end of the archive ({archive_size} bytes)"
+                        )),
+                        _ => None,
+                    };
+                    self.members.push((name, member));
+                    if let Some(damage) = past_end {
+                        return self.stop(damage);
                     }
                 }
             }
@@ -349,23 +351,30 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
 
 /// Checks the header checksum (unsigned, or signed as some old tars wrote it).
 fn check_checksum(header: &[u8]) -> Result<(), String> {
-    let stored = parse_number(&header[148..156]).ok_or("the checksum field is not a number")?;
-    let mut unsigned: u64 = 8 * b' ' as u64;
-    let mut signed: i64 = 8 * b' ' as i64;
-    for (i, &b) in header.iter().enumerate() {
-        if (148..156).contains(&i) {
-            continue;
-        }
-        unsigned += b as u64;
-        signed += b as i8 as i64;
-    }
-    if stored == unsigned || stored as i64 == signed {
+    let field = &header[148..156];
+    let stored = parse_number(field).ok_or("the checksum field is not a number")?;
+    // The checksum counts its own field as eight spaces. Each sum runs over the whole block
+    // in one branch-free pass (which the compiler vectorizes), then drops the field's bytes;
+    // the signed sum only when the unsigned one does not match.
+    let unsigned = u64::from(unsigned_sum(header) - unsigned_sum(field)) + 8 * u64::from(b' ');
+    let signed = || i64::from(signed_sum(header) - signed_sum(field)) + 8 * i64::from(b' ');
+    if stored == unsigned || stored as i64 == signed() {
         Ok(())
     } else {
         Err(format!(
             "checksum mismatch (stored {stored:o}, computed {unsigned:o})"
         ))
     }
+}
+
+/// The sum of `bytes` read as unsigned (a header block's sum fits: 512 x 255).
+fn unsigned_sum(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0u32, |sum, &b| sum + u32::from(b))
+}
+
+/// The sum of `bytes` read as signed.
+fn signed_sum(bytes: &[u8]) -> i32 {
+    bytes.iter().fold(0i32, |sum, &b| sum + i32::from(b as i8))
 }
 
 /// PAX records: `"<len> <key>=<value>\n"`, `len` counting the whole record.
@@ -423,28 +432,27 @@ pub struct StreamScan {
 /// Walks a tar read forward-only from `reader` (a gzip decoder over a `.tar.gz`, say),
 /// keeping the content of the members named in `wanted` and skipping everything else.
 ///
-/// Memory stays bounded: the wanted members (each at most `limits.max_member_size`), one
-/// header or metadata record, and a 64 KiB copy buffer.
+/// Memory stays bounded: the wanted members (each at most `limits.max_member_size`), and a
+/// 64 KiB read-ahead window (larger only while it holds one metadata record, at most
+/// `limits.max_metadata`). Each kept byte is copied once from the reader into its member's
+/// buffer, or twice when it arrived with a read-ahead (reader, window, member).
 pub fn scan_stream<R: Read>(
-    mut reader: R,
+    reader: R,
     wanted: &dyn Fn(&str) -> bool,
     limits: ArchiveLimits,
 ) -> Result<StreamScan, String> {
     let mut scanner = TarScanner::new(limits, None);
     let mut contents: HashMap<String, bytes::Bytes> = HashMap::new();
-    let mut window: Vec<u8> = Vec::new();
-    let mut window_offset: u64 = 0;
+    let mut window = StreamWindow::new(reader);
     let mut at_end = false;
     let mut seen_members = 0;
-    let mut scratch = vec![0u8; 64 * 1024];
     loop {
-        let step = scanner.scan(window_offset, &window, at_end);
+        let step = scanner.scan(window.offset, window.bytes(), at_end);
         // Collect the content of wanted members found by this scan step: their data lies
         // between the window and the next header, so it streams past before the next need.
-        let new_members: Vec<(String, Member)> = scanner.members()[seen_members..].to_vec();
-        seen_members = scanner.members().len();
-        for (name, member) in new_members {
-            if !wanted(&name) {
+        let members = scanner.members();
+        for (name, member) in &members[seen_members..] {
+            if !wanted(name) {
                 continue;
             }
             if member.size > limits.max_member_size {
@@ -453,115 +461,162 @@ pub fn scan_stream<R: Read>(
                     member.size, limits.max_member_size
                 ));
             }
-            let data = read_span(
-                &mut reader,
-                &mut window,
-                &mut window_offset,
-                &mut scratch,
-                member.offset,
-                member.size,
-            )?;
-            match data {
+            match window.read_span(member.offset, member.size)? {
                 Some(data) => {
-                    contents.insert(name, data.into());
+                    contents.insert(name.clone(), data.into());
                 }
                 None => {
                     // The stream ended inside the member: the scanner reports the damage.
-                    contents.remove(&name);
+                    contents.remove(name.as_str());
                 }
             }
         }
+        seen_members = members.len();
         let TarStep::Need { offset, len } = step else {
             break;
         };
         // Drop what lies before `offset`, then fill the window to `len` bytes.
-        skip_to(
-            &mut reader,
-            &mut window,
-            &mut window_offset,
-            &mut scratch,
-            offset,
-        )?;
-        at_end = fill(&mut reader, &mut window, &mut scratch, len)?;
-        if window_offset < offset {
+        at_end = if window.skip_to(offset)? {
+            window.fill(usize::try_from(len).unwrap_or(usize::MAX))?
+        } else {
             // The stream ended before `offset`.
-            at_end = true;
-        }
+            true
+        };
     }
-    let size = window_offset + window.len() as u64;
+    let size = window.end_offset();
     Ok(StreamScan {
         index: scanner.finish(size, None),
         contents,
     })
 }
 
-/// Reads `len` bytes at `offset` (at or after the window) into a new buffer; `None` if the
-/// stream ends first.
-fn read_span<R: Read>(
-    reader: &mut R,
-    window: &mut Vec<u8>,
-    window_offset: &mut u64,
-    scratch: &mut [u8],
+/// The read-ahead size of [`scan_stream`]'s window.
+const READ_AHEAD: usize = 64 * 1024;
+
+/// The read-ahead window of [`scan_stream`]: the stream's bytes from `offset` are
+/// `buf[start..end]`.
+///
+/// Consuming bytes moves `start` (O(1), whatever the window holds); the unconsumed bytes
+/// move to the front of `buf` only when a refill needs room, and there are fewer of them
+/// than the refill asks for.
+struct StreamWindow<R> {
+    reader: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The stream offset of `buf[start]`.
     offset: u64,
-    len: u64,
-) -> Result<Option<Vec<u8>>, String> {
-    skip_to(reader, window, window_offset, scratch, offset)?;
-    let mut out = Vec::with_capacity(len.min(1 << 20) as usize);
-    let from_window = (window.len() as u64).min(len) as usize;
-    out.extend_from_slice(&window[..from_window]);
-    window.drain(..from_window);
-    *window_offset += from_window as u64;
-    while (out.len() as u64) < len {
-        let want = ((len - out.len() as u64) as usize).min(scratch.len());
-        let n = read_some(reader, &mut scratch[..want])?;
-        if n == 0 {
-            return Ok(None);
-        }
-        out.extend_from_slice(&scratch[..n]);
-        *window_offset += n as u64;
-    }
-    Ok(Some(out))
 }
 
-/// Advances the window's start to `offset`, discarding bytes.
-fn skip_to<R: Read>(
-    reader: &mut R,
-    window: &mut Vec<u8>,
-    window_offset: &mut u64,
-    scratch: &mut [u8],
-    offset: u64,
-) -> Result<(), String> {
-    let in_window = offset
-        .saturating_sub(*window_offset)
-        .min(window.len() as u64) as usize;
-    window.drain(..in_window);
-    *window_offset += in_window as u64;
-    while *window_offset < offset {
-        let want = ((offset - *window_offset) as usize).min(scratch.len());
-        let n = read_some(reader, &mut scratch[..want])?;
-        if n == 0 {
-            return Ok(());
+impl<R: Read> StreamWindow<R> {
+    fn new(reader: R) -> Self {
+        StreamWindow {
+            reader,
+            buf: vec![0; READ_AHEAD],
+            start: 0,
+            end: 0,
+            offset: 0,
         }
-        *window_offset += n as u64;
     }
-    Ok(())
-}
 
-/// Fills the window to at least `len` bytes; returns whether the stream ended.
-fn fill<R: Read>(
-    reader: &mut R,
-    window: &mut Vec<u8>,
-    scratch: &mut [u8],
-    len: u64,
-) -> Result<bool, String> {
-    while (window.len() as u64) < len {
-        let n = read_some(reader, scratch)?;
-        if n == 0 {
-            return Ok(true);
-        }
-        window.extend_from_slice(&scratch[..n]);
+    /// The bytes read and not yet consumed (from stream offset `self.offset`).
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
     }
-    Ok(false)
+
+    /// The stream offset just past the window: every byte before it has been read.
+    fn end_offset(&self) -> u64 {
+        self.offset + (self.end - self.start) as u64
+    }
+
+    /// Consumes up to `n` bytes of the window; returns how many.
+    fn consume(&mut self, n: u64) -> usize {
+        let n = n.min((self.end - self.start) as u64) as usize;
+        self.start += n;
+        self.offset += n as u64;
+        n
+    }
+
+    /// Moves the window's start to `target` (at or after it), discarding the bytes before;
+    /// returns false if the stream ends first.
+    fn skip_to(&mut self, target: u64) -> Result<bool, String> {
+        self.consume(target.saturating_sub(self.offset));
+        if self.offset < target {
+            // The window is empty: read what is skipped over its whole buffer, no further
+            // than `target` (so that a member's data after it can be read in place).
+            self.start = 0;
+            self.end = 0;
+        }
+        while self.offset < target {
+            let want = (target - self.offset).min(self.buf.len() as u64) as usize;
+            let n = read_some(&mut self.reader, &mut self.buf[..want])?;
+            if n == 0 {
+                return Ok(false);
+            }
+            self.offset += n as u64;
+        }
+        Ok(true)
+    }
+
+    /// Reads until the window holds at least `len` bytes, reading ahead as far as the
+    /// buffer allows; returns whether the stream ended first.
+    ///
+    /// The buffer grows past [`READ_AHEAD`] only for a `len` larger than that (one metadata
+    /// record, whose declared size the scanner checked against its cap), and then by
+    /// doubling as bytes arrive, so a short stream cannot make it allocate what it declares.
+    fn fill(&mut self, len: usize) -> Result<bool, String> {
+        if self.end - self.start >= len {
+            return Ok(false);
+        }
+        if self.start > 0 {
+            // Fewer than `len` bytes move.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        while self.end < len {
+            if self.end == self.buf.len() {
+                let grown = self.buf.len().saturating_mul(2).min(len);
+                self.buf.resize(grown, 0);
+            }
+            let n = read_some(&mut self.reader, &mut self.buf[self.end..])?;
+            if n == 0 {
+                return Ok(true);
+            }
+            self.end += n;
+        }
+        Ok(false)
+    }
+
+    /// Reads the `len` bytes at `offset` (at or after the window's start) into a new
+    /// buffer: those in the window are copied from it, the rest are read straight into the
+    /// buffer. `None` if the stream ends first.
+    fn read_span(&mut self, offset: u64, len: u64) -> Result<Option<Vec<u8>>, String> {
+        // A stream that ends before `offset` leaves the window empty: the read below sees
+        // the end.
+        self.skip_to(offset)?;
+        // Up to 1 MiB is allocated at once; beyond, the buffer grows as bytes arrive, so a
+        // short stream cannot make it allocate the size it declares.
+        let mut out = Vec::with_capacity(len.min(1 << 20) as usize);
+        let from_window = len.min((self.end - self.start) as u64) as usize;
+        out.extend_from_slice(&self.buf[self.start..self.start + from_window]);
+        self.consume(from_window as u64);
+        let rest = len - from_window as u64;
+        if rest > 0 {
+            // The window is empty now.
+            self.start = 0;
+            self.end = 0;
+            let n = (&mut self.reader)
+                .take(rest)
+                .read_to_end(&mut out)
+                .map_err(|e| e.to_string())?;
+            self.offset += n as u64;
+            if (n as u64) < rest {
+                return Ok(None);
+            }
+        }
+        Ok(Some(out))
+    }
 }
 
 fn read_some<R: Read>(reader: &mut R, buf: &mut [u8]) -> Result<usize, String> {
@@ -690,6 +745,200 @@ mod tests {
             parse_number(&[0x80, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
             None
         );
+    }
+
+    /// A reader that hands out `data` in reads of at most the next of `sizes` (cycled), so
+    /// that windows end inside headers, records and member data.
+    struct Chunked<'a> {
+        data: &'a [u8],
+        sizes: &'a [usize],
+        next: usize,
+    }
+
+    impl Read for Chunked<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let size = self.sizes[self.next % self.sizes.len()];
+            self.next += 1;
+            let n = size.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    fn pax_member(path: &str, data: &[u8]) -> Vec<u8> {
+        let record = |len: usize| format!("{len} path={path}\n");
+        // The length counts its own digits.
+        let mut len = record(0).len();
+        while record(len).len() != len {
+            len = record(len).len();
+        }
+        let mut out = header("PaxHeaders/x", len as u64, b'x').to_vec();
+        out.extend_from_slice(record(len).as_bytes());
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out.extend_from_slice(&header("short-name", data.len() as u64, b'0'));
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out
+    }
+
+    /// Streams `tar` through every reader shape, keeping the members `wanted` picks, and
+    /// checks the walk against [`index_tar`] and the archive's own bytes.
+    fn stream_matches_index(tar: &[u8], wanted: &dyn Fn(&str) -> bool) {
+        let limits = ArchiveLimits::default();
+        let index = index_tar(tar, limits);
+        assert_eq!(index.damage, None);
+        let whole = [usize::MAX];
+        let shapes: [&[usize]; 5] = [&whole, &[1], &[511, 513], &[4097, 3], &[65535, 2, 70000]];
+        for sizes in shapes {
+            let reader = Chunked {
+                data: tar,
+                sizes,
+                next: 0,
+            };
+            let scan = scan_stream(reader, wanted, limits).unwrap();
+            let mut got: Vec<_> = scan.index.members().collect();
+            let mut expected: Vec<_> = index.members().collect();
+            got.sort_by_key(|(name, _)| name.to_string());
+            expected.sort_by_key(|(name, _)| name.to_string());
+            assert_eq!(got, expected, "reads of {sizes:?}");
+            assert_eq!(scan.index.damage, None, "reads of {sizes:?}");
+            let kept: Vec<_> = expected.iter().filter(|(name, _)| wanted(name)).collect();
+            assert_eq!(scan.contents.len(), kept.len(), "reads of {sizes:?}");
+            for (name, member) in kept {
+                let start = member.offset as usize;
+                assert_eq!(
+                    scan.contents[*name],
+                    &tar[start..start + member.size as usize],
+                    "{name} in reads of {sizes:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn stream_members_around_the_read_ahead_boundary() {
+        let window = READ_AHEAD;
+        // The first member's data ends just before, exactly on, and just after the end of
+        // the first read-ahead window; its header is the window's last block; it is longer
+        // than a window (read straight from the reader).
+        for first in [
+            window - 1024 - 1,
+            window - 1024,
+            window - 512 - 1,
+            window - 512,
+            window - 511,
+            window,
+            window + 1,
+            2 * window + 700,
+        ] {
+            let tar = archive(&[
+                ("a", &vec![1u8; first]),
+                ("b", b"small"),
+                ("c", &vec![3u8; window - 512]),
+                ("d", b""),
+                ("e", &vec![5u8; 1500]),
+            ]);
+            stream_matches_index(&tar, &|_| true);
+            stream_matches_index(&tar, &|name| name == "b" || name == "d");
+            stream_matches_index(&tar, &|name| name == "a" || name == "e");
+            stream_matches_index(&tar, &|_| false);
+        }
+    }
+
+    #[test]
+    fn stream_metadata_records_longer_than_the_window() {
+        // A PAX path longer than the read-ahead window: the window grows to hold it.
+        let long = "p/".repeat(READ_AHEAD / 2 + 300);
+        let mut tar = archive(&[("a", b"first")]);
+        tar.truncate(tar.len() - 1024);
+        tar.extend_from_slice(&pax_member(&long, b"content of the long name"));
+        tar.extend_from_slice(&pax_member("short/again", &[9u8; 3000]));
+        tar.extend_from_slice(&[0u8; 1024]);
+        stream_matches_index(&tar, &|_| true);
+        stream_matches_index(&tar, &|name| name == "short/again");
+    }
+
+    #[test]
+    fn stream_cut_inside_a_member_keeps_those_before() {
+        let tar = archive(&[
+            ("a", b"hello"),
+            ("b", &vec![2u8; 3 * READ_AHEAD]),
+            ("c", b"after"),
+        ]);
+        let b_data = 1536;
+        let b_end = b_data + 3 * READ_AHEAD;
+        // Cut in b's data: inside the first window, after it (read straight from the
+        // reader); in c's header; where b's data ends (a tar without its zero blocks).
+        for cut in [
+            b_data + 100,
+            b_data + 2 * READ_AHEAD + 5,
+            b_end + 100,
+            b_end,
+        ] {
+            for sizes in [&[usize::MAX][..], &[777]] {
+                let reader = Chunked {
+                    data: &tar[..cut],
+                    sizes,
+                    next: 0,
+                };
+                let scan = scan_stream(reader, &|_| true, ArchiveLimits::default()).unwrap();
+                assert_eq!(scan.index.archive_size, cut as u64);
+                assert_eq!(&scan.contents["a"][..], b"hello");
+                if cut == b_end {
+                    assert_eq!(scan.index.damage, None);
+                } else {
+                    let damage = scan.index.damage.clone().unwrap();
+                    assert!(
+                        damage.contains("truncated")
+                            && damage.contains(&format!("ends at byte {cut}")),
+                        "{damage}"
+                    );
+                }
+                assert_eq!(
+                    scan.contents.get("b").map(|b| b.len()),
+                    (cut >= b_end).then_some(3 * READ_AHEAD)
+                );
+                assert!(!scan.contents.contains_key("c"));
+            }
+        }
+    }
+
+    #[test]
+    fn checksums_unsigned_or_signed() {
+        // A name with bytes over 127: the unsigned and the signed sums differ.
+        let mut h = header("caf\u{e9}/\u{fc}ber", 3, b'0');
+        let unsigned: u64 = h
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    b as u64
+                }
+            })
+            .sum();
+        let signed: i64 = h
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    b as i8 as i64
+                }
+            })
+            .sum();
+        assert_ne!(unsigned as i64, signed);
+        assert_eq!(check_checksum(&h), Ok(()));
+        h[148..156].copy_from_slice(format!("{signed:06o}\0 ").as_bytes());
+        assert_eq!(check_checksum(&h), Ok(()), "the signed sum of old tars");
+        h[148..156].copy_from_slice(format!("{:06o}\0 ", unsigned + 1).as_bytes());
+        let err = check_checksum(&h).unwrap_err();
+        assert!(err.contains(&format!("computed {unsigned:o}")), "{err}");
+        h[148..156].copy_from_slice(b"12x45\0  ");
+        assert!(check_checksum(&h).is_err());
     }
 
     #[test]
