@@ -15,13 +15,17 @@ use tokio_tar::{Archive, Entry};
 /// The most bytes of PAX records or of a GNU long name accepted for one member.
 const MAX_EXTENSION_BYTES: u64 = 1 << 20;
 
-/// A member of the stream: its name, bytes, PAX records and group name.
+/// A completion-order member's group name: `getmany:<request index>`.
+const INDEX_PREFIX: &[u8] = b"getmany:";
+
+/// A member of the stream: its name, bytes, PAX records, and the request index its group
+/// name carries (`getmany:<index>`, completion-order bundles of a getmany server).
 #[derive(Debug)]
 pub(crate) struct TarMember {
     pub name: String,
     pub data: Bytes,
     pub pax: HashMap<String, String>,
-    pub group: Vec<u8>,
+    pub index: Option<usize>,
 }
 
 /// Members of a tar stream, one at a time.
@@ -34,23 +38,22 @@ fn invalid(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
 }
 
+/// Reads exactly `size` bytes of `entry` into one buffer allocated once, at that size: the
+/// caller has checked the declared `size` against its cap. (Growing the buffer as bytes
+/// arrive copied a large member several times over.) `what` names the bytes in the error.
 async fn read_exactly<R: AsyncRead + Unpin>(
     entry: &mut Entry<Archive<R>>,
     size: u64,
-    what: &str,
+    what: impl Fn() -> String,
 ) -> io::Result<BytesMut> {
-    // Reads straight into spare capacity (no zeroing, no reallocation for the usual case);
-    // the capacity grows with what arrives beyond 8 MiB, and the declared size was checked
-    // against a cap.
-    let mut buf = BytesMut::with_capacity(size.min(8 << 20) as usize);
-    while (buf.len() as u64) < size {
-        let want = (size - buf.len() as u64).min(8 << 20) as usize;
-        buf.reserve(want);
-        let read = (&mut *entry).take(want as u64).read_buf(&mut buf).await?;
-        if read == 0 {
+    let len = usize::try_from(size).map_err(|_| invalid(format!("{} is too large", what())))?;
+    let mut buf = BytesMut::with_capacity(len);
+    while buf.len() < len {
+        // Reads straight into the spare capacity (no zeroing); the entry ends at its size.
+        if entry.read_buf(&mut buf).await? == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("{what} ended after {} of {size} bytes", buf.len()),
+                format!("{} ended after {} of {size} bytes", what(), buf.len()),
             ));
         }
     }
@@ -118,7 +121,8 @@ impl<R: AsyncRead + Unpin + Send + 'static> TarMembers<R> {
                         "an extension header declares {size} bytes (at most {MAX_EXTENSION_BYTES})"
                     )));
                 }
-                let data = read_exactly(&mut entry, size, "an extension header").await?;
+                let data =
+                    read_exactly(&mut entry, size, || "an extension header".to_string()).await?;
                 if kind.is_pax_local_extensions() {
                     parse_pax(&data, &mut pax)?;
                     pending = true;
@@ -154,13 +158,17 @@ impl<R: AsyncRead + Unpin + Send + 'static> TarMembers<R> {
                     self.max_member_bytes
                 )));
             }
-            let group = header.groupname_bytes().unwrap_or_default().to_vec();
-            let data = read_exactly(&mut entry, size, &format!("member {name:?}")).await?;
+            let index = header
+                .groupname_bytes()
+                .and_then(|group| group.strip_prefix(INDEX_PREFIX))
+                .and_then(|digits| std::str::from_utf8(digits).ok())
+                .and_then(|digits| digits.parse().ok());
+            let data = read_exactly(&mut entry, size, || format!("member {name:?}")).await?;
             return Ok(Some(TarMember {
                 name,
                 data: data.freeze(),
                 pax,
-                group,
+                index,
             }));
         }
     }

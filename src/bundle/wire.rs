@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -22,8 +23,6 @@ const ERRORS_MEMBER: &str = "__bundle_errors.json";
 const MISSING_DIR: &str = "__404__/";
 /// Asks a getmany server for completion-order members; confirmed by the same header.
 const ORDER_HEADER: &str = "x-getmany-order";
-/// A completion-order member's group name: `getmany:<request index>`.
-const INDEX_PREFIX: &[u8] = b"getmany:";
 /// The getmany server's PAX records on failed entries.
 const PAX_STATUS: &str = "GETMANY.status";
 const PAX_ERROR: &str = "GETMANY.error";
@@ -72,14 +71,17 @@ enum Stop {
 }
 
 impl Wire {
-    /// Runs one bundle for `entries`, sending each entry's answer (by position) to `tx`.
-    pub async fn run(&self, entries: &[WireEntry], mut tx: Sender<Item>) {
+    /// Runs one bundle for `entries`, sending each entry's answer (by position) to `tx`, in
+    /// batches (see [`Batcher`]).
+    pub async fn run(&self, entries: &[WireEntry], tx: Sender<Vec<Item>>) {
         let mut answered = vec![false; entries.len()];
-        if let Err(Stop::Failed(message)) = self.exchange(entries, &mut answered, &mut tx).await {
+        let mut out = Batcher::new(tx);
+        let outcome = self.exchange(entries, &mut answered, &mut out).await;
+        if let Err(Stop::Failed(message)) = outcome {
             for (slot, entry) in entries.iter().enumerate() {
                 if !answered[slot]
-                    && tx
-                        .send((slot, Err(backend(&entry.key, &message))))
+                    && out
+                        .push((slot, Err(backend(&entry.key, &message))))
                         .await
                         .is_err()
                 {
@@ -87,6 +89,8 @@ impl Wire {
                 }
             }
         }
+        // Nothing to do if the reader is gone.
+        let _ = out.flush().await;
     }
 
     fn url(&self) -> String {
@@ -243,7 +247,7 @@ impl Wire {
         &self,
         entries: &[WireEntry],
         answered: &mut [bool],
-        tx: &mut Sender<Item>,
+        out: &mut Batcher,
     ) -> std::result::Result<(), Stop> {
         let n = entries.len();
         let response = self.send(entries, true).await.map_err(Stop::Failed)?;
@@ -266,7 +270,18 @@ impl Wire {
         let mut position = 0;
         let mut delivered = 0;
         loop {
-            let member = match members.next().await {
+            let next = {
+                let mut next = std::pin::pin!(members.next());
+                match futures::poll!(next.as_mut()) {
+                    Poll::Ready(next) => next,
+                    // The next member is not here yet: hand over what is ready meanwhile.
+                    Poll::Pending => {
+                        out.flush().await?;
+                        next.await
+                    }
+                }
+            };
+            let member = match next {
                 Ok(Some(member)) => member,
                 Ok(None) => break,
                 Err(e) => {
@@ -294,12 +309,7 @@ impl Wire {
                 }
                 BundleProtocol::AiStore => {
                     let slot = if completion {
-                        member
-                            .group
-                            .strip_prefix(INDEX_PREFIX)
-                            .and_then(|v| std::str::from_utf8(v).ok())
-                            .and_then(|v| v.parse::<usize>().ok())
-                            .ok_or_else(|| {
+                        member.index.ok_or_else(|| {
                                 Stop::Failed(format!(
                                     "member {:?} of a completion-order bundle has no index",
                                     member.name
@@ -345,17 +355,15 @@ impl Wire {
             }
             answered[slot] = true;
             delivered += 1;
-            tx.send((slot, result))
-                .await
-                .map_err(|_| Stop::ReaderGone)?;
+            out.push((slot, result)).await?;
         }
 
+        out.flush().await?;
         for slot in unresolved {
             let result = self.probe(&entries[slot]).await;
             answered[slot] = true;
-            tx.send((slot, result))
-                .await
-                .map_err(|_| Stop::ReaderGone)?;
+            out.push((slot, result)).await?;
+            out.flush().await?;
         }
         match self.protocol {
             BundleProtocol::Tigris => {
@@ -381,9 +389,7 @@ impl Wire {
                         )),
                     };
                     answered[slot] = true;
-                    tx.send((slot, result))
-                        .await
-                        .map_err(|_| Stop::ReaderGone)?;
+                    out.push((slot, result)).await?;
                 }
                 Ok(())
             }
@@ -421,6 +427,54 @@ impl Wire {
             Ok(None) => Err(backend(&entry.key, "an empty answer to a one-entry batch")),
             Err(e) => Err(backend(&entry.key, e.to_string())),
         }
+    }
+}
+
+/// Answers on their way to the reader, handed over in batches: one channel message (and one
+/// wake-up of the reader) per batch instead of per member. A batch leaves when the next
+/// member has not arrived yet, so no answer waits for the network; and when it holds
+/// [`Batcher::MAX_ANSWERS`] answers or [`Batcher::MAX_BYTES`] bytes, so what waits for the
+/// reader stays bounded: at most the batch being filled and the channel's two.
+pub(crate) struct Batcher {
+    tx: Sender<Vec<Item>>,
+    batch: Vec<Item>,
+    bytes: usize,
+}
+
+impl Batcher {
+    /// Answers per batch, at most.
+    pub const MAX_ANSWERS: usize = 64;
+    /// A batch leaves once its answers hold this many bytes.
+    pub const MAX_BYTES: usize = 1 << 20;
+
+    fn new(tx: Sender<Vec<Item>>) -> Self {
+        Batcher {
+            tx,
+            batch: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Adds an answer; hands the batch over once it is full.
+    async fn push(&mut self, item: Item) -> std::result::Result<(), Stop> {
+        if let (_, Ok(Some(data))) = &item {
+            self.bytes += data.len();
+        }
+        self.batch.push(item);
+        if self.batch.len() >= Self::MAX_ANSWERS || self.bytes >= Self::MAX_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the answers gathered so far to the reader.
+    async fn flush(&mut self) -> std::result::Result<(), Stop> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.bytes = 0;
+        let batch = std::mem::take(&mut self.batch);
+        self.tx.send(batch).await.map_err(|_| Stop::ReaderGone)
     }
 }
 

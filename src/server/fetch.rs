@@ -9,7 +9,8 @@
 //! # Memory bound
 //!
 //! * At most [`Window::requests`] requests are *outstanding* (issued to a store and not yet
-//!   handed on), so at most that many answers are ever held.
+//!   handed on), so at most that many answers are ever held. A segment is issued whole, once
+//!   the window has room for all of it.
 //! * No new segment is issued while the reorder buffer holds [`Window::bytes`] or more.
 //!
 //! So the buffer holds at most `Window::bytes` plus what the outstanding requests return,
@@ -133,9 +134,14 @@ impl Fetcher {
         }
     }
 
+    /// Whether the next segment may be issued: a whole one (or the rest, if shorter) must
+    /// fit the window. Issuing whatever room there is would, once the window is full, send
+    /// one `get_many` call per answer handed on, each with its own planning and task.
     fn can_issue(&self) -> bool {
-        self.next_issue < self.fetches.len()
-            && self.outstanding < self.window.requests
+        let remaining = self.fetches.len() - self.next_issue;
+        let room = self.window.requests - self.outstanding;
+        remaining > 0
+            && room >= self.window.segment.min(remaining)
             && self.buffered_bytes < self.window.bytes
     }
 
