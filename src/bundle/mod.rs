@@ -385,7 +385,9 @@ impl BundleStore {
     /// Splits `requests` into bundle entries (deduplicated) and the ones that go elsewhere.
     fn plan(&self, requests: &[Request]) -> Plan {
         let mut plan = Plan::default();
-        let mut by_wire: HashMap<(&str, Option<ByteRange>), usize> = HashMap::new();
+        let mut by_wire: HashMap<(&str, Option<ByteRange>), usize> =
+            HashMap::with_capacity(requests.len());
+        plan.entries.reserve(requests.len());
         for (index, request) in requests.iter().enumerate() {
             if let Some(reason) = request.range.as_ref().and_then(ByteRange::invalid_reason) {
                 plan.invalid.push((
@@ -442,7 +444,9 @@ fn fan_out(
         return;
     };
     let answer = |result: &Result<Option<Bytes>>, cut: &Option<ByteRange>| match (result, cut) {
-        (Ok(Some(bytes)), Some(cut)) => slice_object(&entry.key, bytes, Some(cut.clone())).map(Some),
+        (Ok(Some(bytes)), Some(cut)) => {
+            slice_object(&entry.key, bytes, Some(cut.clone())).map(Some)
+        }
         (Err(Error::InvalidRange { reason, .. }), Some(cut)) => Err(Error::InvalidRange {
             key: entry.key.clone(),
             range: cut.clone(),
@@ -530,10 +534,15 @@ impl Store for BundleStore {
             let needed = entries.len().div_ceil(self.max_keys);
             let parallel = (entries.len() / self.min_keys_per_bundle).clamp(1, in_flight);
             let per_bundle = entries.len().div_ceil(needed.max(parallel));
-            entries
-                .chunks(per_bundle)
-                .map(|c| Arc::new(c.to_vec()))
-                .collect()
+            let mut entries = entries.into_iter();
+            let mut chunks = Vec::new();
+            loop {
+                let chunk: Vec<WireEntry> = entries.by_ref().take(per_bundle).collect();
+                if chunk.is_empty() {
+                    break chunks;
+                }
+                chunks.push(Arc::new(chunk));
+            }
         };
         let bundles = stream::iter(chunks)
             .map(move |chunk| {

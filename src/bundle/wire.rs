@@ -11,9 +11,8 @@ use bytes::Bytes;
 use futures::channel::mpsc::Sender;
 use futures::{SinkExt, StreamExt};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
-use tokio::io::AsyncRead;
 
-use super::read::{TarMember, TarMembers};
+use super::read::{Chunks, TarMember, TarMembers};
 use super::{BundleCompression, BundleProtocol, STORE, WireEntry};
 use crate::{ByteRange, Error, Result};
 
@@ -223,9 +222,13 @@ impl Wire {
         Ok(response)
     }
 
-    /// The response body as a tar stream (decompressed as its content type says).
-    fn tar_reader(&self, response: reqwest::Response) -> Box<dyn AsyncRead + Unpin + Send> {
+    /// The response body as the chunks of a tar stream (decompressed as its content type
+    /// says).
+    fn tar_chunks(&self, response: reqwest::Response) -> Chunks {
         use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
+        use tokio_util::io::{ReaderStream, StreamReader};
+        /// Decompressed bytes are read in pieces of this size.
+        const DECODED_CHUNK: usize = 64 * 1024;
         let content_type = response
             .headers()
             .get(header::CONTENT_TYPE)
@@ -233,13 +236,15 @@ impl Wire {
             .unwrap_or("")
             .to_ascii_lowercase();
         let stream = response.bytes_stream().map(|r| r.map_err(io::Error::other));
-        let reader = tokio_util::io::StreamReader::new(stream);
         if content_type.contains("gzip") {
-            Box::new(GzipDecoder::new(reader))
+            let decoder = GzipDecoder::new(StreamReader::new(stream));
+            ReaderStream::with_capacity(decoder, DECODED_CHUNK).boxed()
         } else if content_type.contains("zstd") {
-            Box::new(ZstdDecoder::new(reader))
+            let decoder = ZstdDecoder::new(StreamReader::new(stream));
+            ReaderStream::with_capacity(decoder, DECODED_CHUNK).boxed()
         } else {
-            Box::new(reader)
+            // The body's own chunks: nothing copied before the member buffers.
+            stream.boxed()
         }
     }
 
@@ -255,9 +260,7 @@ impl Wire {
             .headers()
             .get(ORDER_HEADER)
             .is_some_and(|v| v.as_bytes() == b"completion");
-        let mut archive = tokio_tar::Archive::new(self.tar_reader(response));
-        let mut members = TarMembers::new(&mut archive, self.max_member_bytes)
-            .map_err(|e| Stop::Failed(format!("the bundle is not a tar stream: {e}")))?;
+        let mut members = TarMembers::new(self.tar_chunks(response), self.max_member_bytes);
         let by_name: HashMap<&str, usize> = entries
             .iter()
             .enumerate()
@@ -310,11 +313,11 @@ impl Wire {
                 BundleProtocol::AiStore => {
                     let slot = if completion {
                         member.index.ok_or_else(|| {
-                                Stop::Failed(format!(
-                                    "member {:?} of a completion-order bundle has no index",
-                                    member.name
-                                ))
-                            })?
+                            Stop::Failed(format!(
+                                "member {:?} of a completion-order bundle has no index",
+                                member.name
+                            ))
+                        })?
                     } else {
                         position
                     };
@@ -419,9 +422,7 @@ impl Wire {
             }
             Err(message) => return Err(backend(&entry.key, message)),
         };
-        let mut archive = tokio_tar::Archive::new(self.tar_reader(response));
-        let mut members = TarMembers::new(&mut archive, self.max_member_bytes)
-            .map_err(|e| backend(&entry.key, e.to_string()))?;
+        let mut members = TarMembers::new(self.tar_chunks(response), self.max_member_bytes);
         match members.next().await {
             Ok(Some(member)) => Ok(Some(member.data)),
             Ok(None) => Err(backend(&entry.key, "an empty answer to a one-entry batch")),

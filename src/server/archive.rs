@@ -161,8 +161,10 @@ impl Frames {
     /// Copies `piece` into the current frame.
     pub fn push_slice(&mut self, piece: &[u8]) {
         if self.current.capacity() - self.current.len() < piece.len() {
-            // One allocation per frame: a new frame is sized for a full one.
-            let want = (self.current.len() + piece.len()).max(Self::FRAME_BYTES);
+            // One allocation per frame, sized for a full one plus the largest piece copied
+            // (pieces below `SHARE_BYTES`, frame cut at `FRAME_BYTES`): no reallocation.
+            let want =
+                (self.current.len() + piece.len()).max(Self::FRAME_BYTES + Self::SHARE_BYTES);
             self.current.reserve(want - self.current.len());
         }
         self.current.extend_from_slice(piece);
@@ -184,7 +186,9 @@ impl Frames {
     /// Ends the current frame, if it holds anything.
     pub fn cut(&mut self) {
         if !self.current.is_empty() {
-            let frame = self.current.split().freeze();
+            // The frame takes its whole buffer: the next one gets a fresh buffer rather than
+            // the tail of this one (which would be too short and copied on growth).
+            let frame = std::mem::take(&mut self.current).freeze();
             self.ready.push_back(frame);
         }
     }
@@ -457,6 +461,47 @@ mod tests {
         let long = "x".repeat(95);
         let r = String::from_utf8(pax_record("path", &long)).unwrap();
         assert_eq!(r.len().to_string(), r.split(' ').next().unwrap());
+    }
+
+    #[test]
+    fn frames_copy_small_pieces_and_share_large_ones() {
+        let mut frames = Frames::default();
+        let small = Bytes::from(vec![1u8; 1000]);
+        let large = Bytes::from(vec![2u8; Frames::SHARE_BYTES]);
+        let mut expected = Vec::new();
+        // Enough small pieces to fill more than one frame, a large one in between.
+        for i in 0..600 {
+            if i == 100 {
+                frames.push_bytes(large.clone());
+                expected.extend_from_slice(&large);
+            }
+            frames.push_slice(b"header");
+            frames.push_bytes(small.clone());
+            expected.extend_from_slice(b"header");
+            expected.extend_from_slice(&small);
+        }
+        frames.cut();
+        let mut got = Vec::new();
+        let mut sizes = Vec::new();
+        let mut shared = false;
+        while let Some(frame) = frames.pop() {
+            shared |= frame.as_ptr() == large.as_ptr();
+            sizes.push(frame.len());
+            got.extend_from_slice(&frame);
+        }
+        assert_eq!(got, expected, "the bytes, in order");
+        assert!(shared, "the large piece is its own frame, not copied");
+        // Frames before and after the large piece, then full frames, then the rest:
+        // 100 small pieces, the large one, then 500 x 1006 bytes in frames of 256 KiB.
+        assert_eq!(sizes[0], 100 * 1006);
+        assert_eq!(sizes[1], Frames::SHARE_BYTES);
+        for &size in &sizes[2..sizes.len() - 1] {
+            assert!(
+                (Frames::FRAME_BYTES..Frames::FRAME_BYTES + 1006).contains(&size),
+                "{sizes:?}"
+            );
+        }
+        assert_eq!(sizes.iter().sum::<usize>(), expected.len());
     }
 
     #[test]

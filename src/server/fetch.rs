@@ -286,14 +286,16 @@ impl Stream for Fetcher {
 /// `store.get_many(requests)` as a `'static` stream that owns its store.
 ///
 /// The borrowing stream lives inside a future that owns the `Arc` and forwards the answers
-/// over a one-slot channel; that future is polled together with the channel by whoever reads
-/// the answers, so no task is spawned, the store's stream is not read ahead of the reader by
-/// more than one answer, and dropping the reader drops the reads.
+/// over a channel; that future is polled together with the channel by whoever reads the
+/// answers, so no task is spawned and dropping the reader drops the reads. The channel has
+/// room for every answer of the call, so forwarding never waits on the reader (a one-slot
+/// channel cost a pause and a wake-up of the reader's task per answer); the answers it holds
+/// are outstanding requests, which the window bounds.
 pub(crate) fn owned_get_many(
     store: Arc<dyn Store>,
     requests: Vec<Request>,
 ) -> BoxStream<'static, Answer> {
-    let (mut tx, rx) = futures::channel::mpsc::channel(0);
+    let (mut tx, rx) = futures::channel::mpsc::channel(requests.len());
     let driver = async move {
         let mut stream = store.get_many(requests);
         while let Some(answer) = stream.next().await {
