@@ -268,9 +268,12 @@ impl BundleStoreBuilder {
 /// * **Order**: with a getmany server, members come in completion order
 ///   ([`completion_order`](BundleStoreBuilder::completion_order)); otherwise in request
 ///   order, as the protocols define.
-/// * **Memory**: one member at a time per bundle plus a few waiting for the reader; a
-///   member's declared size is checked against
-///   [`max_member_bytes`](BundleStoreBuilder::max_member_bytes) before it is read.
+/// * **Memory**: per bundle, the member being read (its buffer allocated once, at its
+///   declared size, after that size is checked against
+///   [`max_member_bytes`](BundleStoreBuilder::max_member_bytes)) and up to three batches
+///   of answers waiting for the reader, each of at most 64 answers or about 1 MiB (one
+///   larger member alone). Answers are handed over in batches as they are ready, never
+///   held back waiting for the network.
 ///
 /// # Example
 ///
@@ -382,7 +385,9 @@ impl BundleStore {
     /// Splits `requests` into bundle entries (deduplicated) and the ones that go elsewhere.
     fn plan(&self, requests: &[Request]) -> Plan {
         let mut plan = Plan::default();
-        let mut by_wire: HashMap<(&str, Option<ByteRange>), usize> = HashMap::new();
+        let mut by_wire: HashMap<(&str, Option<ByteRange>), usize> =
+            HashMap::with_capacity(requests.len());
+        plan.entries.reserve(requests.len());
         for (index, request) in requests.iter().enumerate() {
             if let Some(reason) = request.range.as_ref().and_then(ByteRange::invalid_reason) {
                 plan.invalid.push((
@@ -429,29 +434,35 @@ struct Plan {
     invalid: Vec<(usize, Error)>,
 }
 
-/// The answers of one entry for each request it serves.
+/// Adds the answers of one entry to `out`, one for each request it serves.
 fn fan_out(
     entry: &WireEntry,
     result: Result<Option<Bytes>>,
-) -> Vec<(usize, Result<Option<Bytes>>)> {
-    entry
-        .serves
-        .iter()
-        .map(|(index, cut)| {
-            let answer = match (&result, cut) {
-                (Ok(Some(bytes)), Some(cut)) => {
-                    slice_object(&entry.key, bytes, Some(cut.clone())).map(Some)
-                }
-                (Err(Error::InvalidRange { reason, .. }), Some(cut)) => Err(Error::InvalidRange {
-                    key: entry.key.clone(),
-                    range: cut.clone(),
-                    reason: reason.clone(),
-                }),
-                (other, _) => other.clone(),
-            };
-            (*index, answer)
-        })
-        .collect()
+    out: &mut Vec<(usize, Result<Option<Bytes>>)>,
+) {
+    let Some(((last_index, last_cut), others)) = entry.serves.split_last() else {
+        return;
+    };
+    let answer = |result: &Result<Option<Bytes>>, cut: &Option<ByteRange>| match (result, cut) {
+        (Ok(Some(bytes)), Some(cut)) => {
+            slice_object(&entry.key, bytes, Some(cut.clone())).map(Some)
+        }
+        (Err(Error::InvalidRange { reason, .. }), Some(cut)) => Err(Error::InvalidRange {
+            key: entry.key.clone(),
+            range: cut.clone(),
+            reason: reason.clone(),
+        }),
+        (other, _) => other.clone(),
+    };
+    for (index, cut) in others {
+        out.push((*index, answer(&result, cut)));
+    }
+    // The last (usually the only) request takes the answer itself.
+    let last = match last_cut {
+        None => result,
+        Some(_) => answer(&result, last_cut),
+    };
+    out.push((*last_index, last));
 }
 
 #[async_trait]
@@ -523,19 +534,26 @@ impl Store for BundleStore {
             let needed = entries.len().div_ceil(self.max_keys);
             let parallel = (entries.len() / self.min_keys_per_bundle).clamp(1, in_flight);
             let per_bundle = entries.len().div_ceil(needed.max(parallel));
-            entries
-                .chunks(per_bundle)
-                .map(|c| Arc::new(c.to_vec()))
-                .collect()
+            let mut entries = entries.into_iter();
+            let mut chunks = Vec::new();
+            loop {
+                let chunk: Vec<WireEntry> = entries.by_ref().take(per_bundle).collect();
+                if chunk.is_empty() {
+                    break chunks;
+                }
+                chunks.push(Arc::new(chunk));
+            }
         };
         let bundles = stream::iter(chunks)
             .map(move |chunk| {
-                let answers = self.bundle(chunk.clone());
-                answers.flat_map(move |(slot, result)| {
-                    let items = match chunk.get(slot) {
-                        Some(entry) => fan_out(entry, result),
-                        None => Vec::new(),
-                    };
+                let batches = self.bundle(chunk.clone());
+                batches.flat_map(move |batch| {
+                    let mut items = Vec::with_capacity(batch.len());
+                    for (slot, result) in batch {
+                        if let Some(entry) = chunk.get(slot) {
+                            fan_out(entry, result, &mut items);
+                        }
+                    }
                     stream::iter(items)
                 })
             })
@@ -556,15 +574,16 @@ impl Store for BundleStore {
 }
 
 impl BundleStore {
-    /// One bundle's answers, by entry position, as its members arrive. The request runs
+    /// One bundle's answers, by entry position, in batches as its members arrive. The request runs
     /// inside the store's budget, driven by whoever reads the stream: nothing is spawned, and
     /// dropping the stream drops the connection.
     fn bundle(
         &self,
         entries: Arc<Vec<WireEntry>>,
-    ) -> BoxStream<'_, (usize, Result<Option<Bytes>>)> {
-        // A few answers may wait for the reader; beyond that the tar parsing pauses.
-        let (tx, rx) = futures::channel::mpsc::channel(8);
+    ) -> BoxStream<'_, Vec<(usize, Result<Option<Bytes>>)>> {
+        // A batch or two may wait for the reader (`wire::Batcher` bounds a batch); beyond
+        // that the tar parsing pauses.
+        let (tx, rx) = futures::channel::mpsc::channel(1);
         let wire = self.inner.clone();
         let driver = self.budget.run(async move { wire.run(&entries, tx).await });
         let driver = stream::once(driver).filter_map(|()| futures::future::ready(None));

@@ -4,15 +4,15 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::channel::mpsc::Sender;
 use futures::{SinkExt, StreamExt};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
-use tokio::io::AsyncRead;
 
-use super::read::{TarMember, TarMembers};
+use super::read::{Chunks, TarMember, TarMembers};
 use super::{BundleCompression, BundleProtocol, STORE, WireEntry};
 use crate::{ByteRange, Error, Result};
 
@@ -22,8 +22,6 @@ const ERRORS_MEMBER: &str = "__bundle_errors.json";
 const MISSING_DIR: &str = "__404__/";
 /// Asks a getmany server for completion-order members; confirmed by the same header.
 const ORDER_HEADER: &str = "x-getmany-order";
-/// A completion-order member's group name: `getmany:<request index>`.
-const INDEX_PREFIX: &[u8] = b"getmany:";
 /// The getmany server's PAX records on failed entries.
 const PAX_STATUS: &str = "GETMANY.status";
 const PAX_ERROR: &str = "GETMANY.error";
@@ -72,14 +70,17 @@ enum Stop {
 }
 
 impl Wire {
-    /// Runs one bundle for `entries`, sending each entry's answer (by position) to `tx`.
-    pub async fn run(&self, entries: &[WireEntry], mut tx: Sender<Item>) {
+    /// Runs one bundle for `entries`, sending each entry's answer (by position) to `tx`, in
+    /// batches (see [`Batcher`]).
+    pub async fn run(&self, entries: &[WireEntry], tx: Sender<Vec<Item>>) {
         let mut answered = vec![false; entries.len()];
-        if let Err(Stop::Failed(message)) = self.exchange(entries, &mut answered, &mut tx).await {
+        let mut out = Batcher::new(tx);
+        let outcome = self.exchange(entries, &mut answered, &mut out).await;
+        if let Err(Stop::Failed(message)) = outcome {
             for (slot, entry) in entries.iter().enumerate() {
                 if !answered[slot]
-                    && tx
-                        .send((slot, Err(backend(&entry.key, &message))))
+                    && out
+                        .push((slot, Err(backend(&entry.key, &message))))
                         .await
                         .is_err()
                 {
@@ -87,6 +88,8 @@ impl Wire {
                 }
             }
         }
+        // Nothing to do if the reader is gone.
+        let _ = out.flush().await;
     }
 
     fn url(&self) -> String {
@@ -219,9 +222,13 @@ impl Wire {
         Ok(response)
     }
 
-    /// The response body as a tar stream (decompressed as its content type says).
-    fn tar_reader(&self, response: reqwest::Response) -> Box<dyn AsyncRead + Unpin + Send> {
+    /// The response body as the chunks of a tar stream (decompressed as its content type
+    /// says).
+    fn tar_chunks(&self, response: reqwest::Response) -> Chunks {
         use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
+        use tokio_util::io::{ReaderStream, StreamReader};
+        /// Decompressed bytes are read in pieces of this size.
+        const DECODED_CHUNK: usize = 64 * 1024;
         let content_type = response
             .headers()
             .get(header::CONTENT_TYPE)
@@ -229,13 +236,15 @@ impl Wire {
             .unwrap_or("")
             .to_ascii_lowercase();
         let stream = response.bytes_stream().map(|r| r.map_err(io::Error::other));
-        let reader = tokio_util::io::StreamReader::new(stream);
         if content_type.contains("gzip") {
-            Box::new(GzipDecoder::new(reader))
+            let decoder = GzipDecoder::new(StreamReader::new(stream));
+            ReaderStream::with_capacity(decoder, DECODED_CHUNK).boxed()
         } else if content_type.contains("zstd") {
-            Box::new(ZstdDecoder::new(reader))
+            let decoder = ZstdDecoder::new(StreamReader::new(stream));
+            ReaderStream::with_capacity(decoder, DECODED_CHUNK).boxed()
         } else {
-            Box::new(reader)
+            // The body's own chunks: nothing copied before the member buffers.
+            stream.boxed()
         }
     }
 
@@ -243,7 +252,7 @@ impl Wire {
         &self,
         entries: &[WireEntry],
         answered: &mut [bool],
-        tx: &mut Sender<Item>,
+        out: &mut Batcher,
     ) -> std::result::Result<(), Stop> {
         let n = entries.len();
         let response = self.send(entries, true).await.map_err(Stop::Failed)?;
@@ -251,9 +260,7 @@ impl Wire {
             .headers()
             .get(ORDER_HEADER)
             .is_some_and(|v| v.as_bytes() == b"completion");
-        let mut archive = tokio_tar::Archive::new(self.tar_reader(response));
-        let mut members = TarMembers::new(&mut archive, self.max_member_bytes)
-            .map_err(|e| Stop::Failed(format!("the bundle is not a tar stream: {e}")))?;
+        let mut members = TarMembers::new(self.tar_chunks(response), self.max_member_bytes);
         let by_name: HashMap<&str, usize> = entries
             .iter()
             .enumerate()
@@ -266,7 +273,18 @@ impl Wire {
         let mut position = 0;
         let mut delivered = 0;
         loop {
-            let member = match members.next().await {
+            let next = {
+                let mut next = std::pin::pin!(members.next());
+                match futures::poll!(next.as_mut()) {
+                    Poll::Ready(next) => next,
+                    // The next member is not here yet: hand over what is ready meanwhile.
+                    Poll::Pending => {
+                        out.flush().await?;
+                        next.await
+                    }
+                }
+            };
+            let member = match next {
                 Ok(Some(member)) => member,
                 Ok(None) => break,
                 Err(e) => {
@@ -294,17 +312,12 @@ impl Wire {
                 }
                 BundleProtocol::AiStore => {
                     let slot = if completion {
-                        member
-                            .group
-                            .strip_prefix(INDEX_PREFIX)
-                            .and_then(|v| std::str::from_utf8(v).ok())
-                            .and_then(|v| v.parse::<usize>().ok())
-                            .ok_or_else(|| {
-                                Stop::Failed(format!(
-                                    "member {:?} of a completion-order bundle has no index",
-                                    member.name
-                                ))
-                            })?
+                        member.index.ok_or_else(|| {
+                            Stop::Failed(format!(
+                                "member {:?} of a completion-order bundle has no index",
+                                member.name
+                            ))
+                        })?
                     } else {
                         position
                     };
@@ -345,17 +358,15 @@ impl Wire {
             }
             answered[slot] = true;
             delivered += 1;
-            tx.send((slot, result))
-                .await
-                .map_err(|_| Stop::ReaderGone)?;
+            out.push((slot, result)).await?;
         }
 
+        out.flush().await?;
         for slot in unresolved {
             let result = self.probe(&entries[slot]).await;
             answered[slot] = true;
-            tx.send((slot, result))
-                .await
-                .map_err(|_| Stop::ReaderGone)?;
+            out.push((slot, result)).await?;
+            out.flush().await?;
         }
         match self.protocol {
             BundleProtocol::Tigris => {
@@ -381,9 +392,7 @@ impl Wire {
                         )),
                     };
                     answered[slot] = true;
-                    tx.send((slot, result))
-                        .await
-                        .map_err(|_| Stop::ReaderGone)?;
+                    out.push((slot, result)).await?;
                 }
                 Ok(())
             }
@@ -413,14 +422,60 @@ impl Wire {
             }
             Err(message) => return Err(backend(&entry.key, message)),
         };
-        let mut archive = tokio_tar::Archive::new(self.tar_reader(response));
-        let mut members = TarMembers::new(&mut archive, self.max_member_bytes)
-            .map_err(|e| backend(&entry.key, e.to_string()))?;
+        let mut members = TarMembers::new(self.tar_chunks(response), self.max_member_bytes);
         match members.next().await {
             Ok(Some(member)) => Ok(Some(member.data)),
             Ok(None) => Err(backend(&entry.key, "an empty answer to a one-entry batch")),
             Err(e) => Err(backend(&entry.key, e.to_string())),
         }
+    }
+}
+
+/// Answers on their way to the reader, handed over in batches: one channel message (and one
+/// wake-up of the reader) per batch instead of per member. A batch leaves when the next
+/// member has not arrived yet, so no answer waits for the network; and when it holds
+/// [`Batcher::MAX_ANSWERS`] answers or [`Batcher::MAX_BYTES`] bytes, so what waits for the
+/// reader stays bounded: at most the batch being filled and the channel's two.
+pub(crate) struct Batcher {
+    tx: Sender<Vec<Item>>,
+    batch: Vec<Item>,
+    bytes: usize,
+}
+
+impl Batcher {
+    /// Answers per batch, at most.
+    pub const MAX_ANSWERS: usize = 64;
+    /// A batch leaves once its answers hold this many bytes.
+    pub const MAX_BYTES: usize = 1 << 20;
+
+    fn new(tx: Sender<Vec<Item>>) -> Self {
+        Batcher {
+            tx,
+            batch: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Adds an answer; hands the batch over once it is full.
+    async fn push(&mut self, item: Item) -> std::result::Result<(), Stop> {
+        if let (_, Ok(Some(data))) = &item {
+            self.bytes += data.len();
+        }
+        self.batch.push(item);
+        if self.batch.len() >= Self::MAX_ANSWERS || self.bytes >= Self::MAX_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Hands the answers gathered so far to the reader.
+    async fn flush(&mut self) -> std::result::Result<(), Stop> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.bytes = 0;
+        let batch = std::mem::take(&mut self.batch);
+        self.tx.send(batch).await.map_err(|_| Stop::ReaderGone)
     }
 }
 

@@ -60,7 +60,7 @@ struct MossIn {
 }
 
 /// One validated entry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Entry {
     bucket: String,
     provider: String,
@@ -533,7 +533,8 @@ impl Assemble for MossAssemble {
         index: usize,
         result: Result<Option<Bytes>>,
     ) -> std::result::Result<Option<Member>, String> {
-        let Some(entry) = self.entries.get(index).cloned() else {
+        // Each index is answered once (the fetcher drops repeats): take the entry, no copy.
+        let Some(entry) = self.entries.get_mut(index).map(std::mem::take) else {
             return Err(format!("internal: answer for unknown entry {index}"));
         };
         // An archived file: cut it out of the archive object, then apply the range.

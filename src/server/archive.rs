@@ -1,12 +1,13 @@
 //! Writing a bundle's response body: tar or zip members, then optional gzip/zstd compression
 //! of the whole body, produced chunk by chunk as members arrive.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::stream::Stream;
 
 // The server's own PAX records (vendor records, ignored by other readers).
@@ -85,10 +86,13 @@ impl ArchiveWriter {
         }))
     }
 
-    /// The chunks that write `member`. Tar chunks share the member's buffer (no copy).
-    pub fn member(&mut self, member: Member) -> std::io::Result<Vec<Bytes>> {
+    /// Writes `member` into `out`.
+    pub fn member(&mut self, member: Member, out: &mut Frames) -> std::io::Result<()> {
         match self {
-            ArchiveWriter::Tar => Ok(tar_member(member)),
+            ArchiveWriter::Tar => {
+                tar_member(member, out);
+                Ok(())
+            }
             ArchiveWriter::Zip(state) => {
                 let Some(writer) = state.writer.as_mut() else {
                     return Err(std::io::Error::other("zip archive already finished"));
@@ -100,23 +104,103 @@ impl ArchiveWriter {
                     .start_file(member.name.as_str(), options)
                     .map_err(std::io::Error::other)?;
                 writer.write_all(&member.data)?;
-                Ok(vec![Bytes::from(state.buf.take())])
+                out.push_bytes(Bytes::from(state.buf.take()));
+                Ok(())
             }
         }
     }
 
-    /// The chunks that end the archive.
-    pub fn finish(&mut self) -> std::io::Result<Vec<Bytes>> {
+    /// Writes the end of the archive into `out`.
+    pub fn finish(&mut self, out: &mut Frames) -> std::io::Result<()> {
         match self {
-            ArchiveWriter::Tar => Ok(vec![Bytes::from_static(&[0u8; 2 * BLOCK])]),
+            ArchiveWriter::Tar => {
+                out.push_slice(&ZEROS[..2 * BLOCK]);
+                Ok(())
+            }
             ArchiveWriter::Zip(state) => {
                 let Some(writer) = state.writer.take() else {
-                    return Ok(Vec::new());
+                    return Ok(());
                 };
                 writer.finish().map_err(std::io::Error::other)?;
-                Ok(vec![Bytes::from(state.buf.take())])
+                out.push_bytes(Bytes::from(state.buf.take()));
+                Ok(())
             }
         }
+    }
+}
+
+/// A body's frames as they are built: small pieces (headers, padding, small members) are
+/// copied into one frame of up to [`Frames::FRAME_BYTES`]; a piece of at least
+/// [`Frames::SHARE_BYTES`] goes out as a frame of its own, sharing the member's buffer.
+///
+/// Why: every frame costs the server a write (a system call once the body waits for the next
+/// object) and the client a wake-up of its reader; three frames per member (header, data,
+/// padding) made those the cost of a bundle of small objects. Copying a small member is
+/// cheaper than a frame of its own; a large one is sent without a copy.
+#[derive(Debug)]
+pub struct Frames {
+    current: BytesMut,
+    ready: VecDeque<Bytes>,
+}
+
+impl Default for Frames {
+    fn default() -> Self {
+        Frames {
+            current: BytesMut::new(),
+            ready: VecDeque::new(),
+        }
+    }
+}
+
+impl Frames {
+    /// A frame is cut once it holds this many bytes.
+    pub const FRAME_BYTES: usize = 256 << 10;
+    /// A piece this large is its own frame (no copy).
+    pub const SHARE_BYTES: usize = 64 << 10;
+
+    /// Copies `piece` into the current frame.
+    pub fn push_slice(&mut self, piece: &[u8]) {
+        if self.current.capacity() - self.current.len() < piece.len() {
+            // One allocation per frame, sized for a full one plus the largest piece copied
+            // (pieces below `SHARE_BYTES`, frame cut at `FRAME_BYTES`): no reallocation.
+            let want =
+                (self.current.len() + piece.len()).max(Self::FRAME_BYTES + Self::SHARE_BYTES);
+            self.current.reserve(want - self.current.len());
+        }
+        self.current.extend_from_slice(piece);
+        if self.current.len() >= Self::FRAME_BYTES {
+            self.cut();
+        }
+    }
+
+    /// Adds `piece`: copied if small, its own frame (shared, not copied) if large.
+    pub fn push_bytes(&mut self, piece: Bytes) {
+        if piece.len() >= Self::SHARE_BYTES {
+            self.cut();
+            self.ready.push_back(piece);
+        } else if !piece.is_empty() {
+            self.push_slice(&piece);
+        }
+    }
+
+    /// Ends the current frame, if it holds anything.
+    pub fn cut(&mut self) {
+        if !self.current.is_empty() {
+            // The frame takes its whole buffer: the next one gets a fresh buffer rather than
+            // the tail of this one (which would be too short and copied on growth).
+            let frame = std::mem::take(&mut self.current).freeze();
+            self.ready.push_back(frame);
+        }
+    }
+
+    /// The next complete frame.
+    pub fn pop(&mut self) -> Option<Bytes> {
+        self.ready.pop_front()
+    }
+
+    /// Whether a complete frame is waiting.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
     }
 }
 
@@ -131,34 +215,68 @@ fn pax_record(key: &str, value: &str) -> Vec<u8> {
     format!("{len} {key}={value}\n").into_bytes()
 }
 
-fn header(name: &[u8], size: u64, kind: tar::EntryType, index: Option<usize>) -> tar::Header {
+/// The fields every header shares (ustar magic, mode 0644, mtime 0), built once: the tar
+/// crate's setters format each number through a `String`, which cost more than the rest of
+/// a small member's header.
+static TEMPLATE: LazyLock<tar::Header> = LazyLock::new(|| {
     let mut header = tar::Header::new_ustar();
-    header.set_size(size);
     header.set_mode(0o644);
     header.set_mtime(0);
+    header
+});
+
+/// Writes `value` as the tar crate does: octal digits, zero-padded, then a NUL.
+fn octal_into(field: &mut [u8], mut value: u64) {
+    let Some((last, digits)) = field.split_last_mut() else {
+        return;
+    };
+    *last = 0;
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (value & 7) as u8;
+        value >>= 3;
+    }
+}
+
+/// The largest size the 11 octal digits of the size field hold; above it the tar crate's
+/// binary encoding is used.
+const MAX_OCTAL_SIZE: u64 = (1 << 33) - 1;
+
+fn header(name: &[u8], size: u64, kind: tar::EntryType, index: Option<usize>) -> tar::Header {
+    let mut header = TEMPLATE.clone();
     header.set_entry_type(kind);
+    if size <= MAX_OCTAL_SIZE {
+        octal_into(&mut header.as_old_mut().size, size);
+    } else {
+        header.set_size(size);
+    }
     if let Some(ustar) = header.as_ustar_mut() {
         let n = name.len().min(ustar.name.len());
         ustar.name[..n].copy_from_slice(&name[..n]);
         if let Some(index) = index {
-            let group = format!("{INDEX_PREFIX}{index}");
-            let n = group.len().min(ustar.gname.len());
-            ustar.gname[..n].copy_from_slice(&group.as_bytes()[..n]);
+            // `getmany:<index>` fits the 32-byte field for any usize; written in place.
+            let mut field = &mut ustar.gname[..];
+            let _ = write!(field, "{INDEX_PREFIX}{index}");
         }
     }
-    header.set_cksum();
+    // The checksum counts its own field as spaces.
+    let old = header.as_old_mut();
+    old.cksum = [b' '; 8];
+    let sum: u64 = header.as_bytes().iter().map(|&b| u64::from(b)).sum();
+    octal_into(&mut header.as_old_mut().cksum, sum);
     header
 }
 
-fn padding(len: u64) -> Option<Bytes> {
+/// Zeros for padding and the end of a tar archive.
+static ZEROS: [u8; 2 * BLOCK] = [0; 2 * BLOCK];
+
+fn padding(len: u64) -> &'static [u8] {
     let rem = (len % BLOCK as u64) as usize;
-    (rem != 0).then(|| Bytes::from(vec![0u8; BLOCK - rem]))
+    if rem == 0 { &[] } else { &ZEROS[..BLOCK - rem] }
 }
 
-/// The chunks of one tar member: a PAX header when the name does not fit the 100-byte name
-/// field or there are records to carry, the ustar header, the data, the padding.
-fn tar_member(member: Member) -> Vec<Bytes> {
-    let mut out = Vec::with_capacity(4);
+/// Writes one tar member: a PAX header when the name does not fit the 100-byte name field or
+/// there are records to carry, the ustar header, the data, the padding.
+fn tar_member(member: Member, out: &mut Frames) {
     let name = member.name.as_bytes();
     let long = name.len() > 100;
     if long || !member.pax.is_empty() {
@@ -170,20 +288,10 @@ fn tar_member(member: Member) -> Vec<Bytes> {
             records.extend(pax_record(key, value));
         }
         let pax_name = b"././@PaxHeader";
-        let mut block = header(
-            pax_name,
-            records.len() as u64,
-            tar::EntryType::XHeader,
-            None,
-        )
-        .as_bytes()
-        .to_vec();
         let len = records.len() as u64;
-        block.extend(records);
-        if let Some(pad) = padding(len) {
-            block.extend_from_slice(&pad);
-        }
-        out.push(Bytes::from(block));
+        out.push_slice(header(pax_name, len, tar::EntryType::XHeader, None).as_bytes());
+        out.push_slice(&records);
+        out.push_slice(padding(len));
     }
     // A long name is cut to fit; readers take the PAX path instead. Cut on a character
     // boundary so the field stays valid UTF-8.
@@ -192,16 +300,9 @@ fn tar_member(member: Member) -> Vec<Bytes> {
         cut -= 1;
     }
     let size = member.data.len() as u64;
-    out.push(Bytes::copy_from_slice(
-        header(&name[..cut], size, tar::EntryType::Regular, member.index).as_bytes(),
-    ));
-    if size > 0 {
-        out.push(member.data);
-    }
-    if let Some(pad) = padding(size) {
-        out.push(pad);
-    }
-    out
+    out.push_slice(header(&name[..cut], size, tar::EntryType::Regular, member.index).as_bytes());
+    out.push_bytes(member.data);
+    out.push_slice(padding(size));
 }
 
 /// Body compression (applied to the whole body, without a `Content-Encoding`).
@@ -363,10 +464,80 @@ mod tests {
     }
 
     #[test]
+    fn frames_copy_small_pieces_and_share_large_ones() {
+        let mut frames = Frames::default();
+        let small = Bytes::from(vec![1u8; 1000]);
+        let large = Bytes::from(vec![2u8; Frames::SHARE_BYTES]);
+        let mut expected = Vec::new();
+        // Enough small pieces to fill more than one frame, a large one in between.
+        for i in 0..600 {
+            if i == 100 {
+                frames.push_bytes(large.clone());
+                expected.extend_from_slice(&large);
+            }
+            frames.push_slice(b"header");
+            frames.push_bytes(small.clone());
+            expected.extend_from_slice(b"header");
+            expected.extend_from_slice(&small);
+        }
+        frames.cut();
+        let mut got = Vec::new();
+        let mut sizes = Vec::new();
+        let mut shared = false;
+        while let Some(frame) = frames.pop() {
+            shared |= frame.as_ptr() == large.as_ptr();
+            sizes.push(frame.len());
+            got.extend_from_slice(&frame);
+        }
+        assert_eq!(got, expected, "the bytes, in order");
+        assert!(shared, "the large piece is its own frame, not copied");
+        // Frames before and after the large piece, then full frames, then the rest:
+        // 100 small pieces, the large one, then 500 x 1006 bytes in frames of 256 KiB.
+        assert_eq!(sizes[0], 100 * 1006);
+        assert_eq!(sizes[1], Frames::SHARE_BYTES);
+        for &size in &sizes[2..sizes.len() - 1] {
+            assert!(
+                (Frames::FRAME_BYTES..Frames::FRAME_BYTES + 1006).contains(&size),
+                "{sizes:?}"
+            );
+        }
+        assert_eq!(sizes.iter().sum::<usize>(), expected.len());
+    }
+
+    #[test]
+    fn headers_match_the_tar_crate_byte_for_byte() {
+        for (size, index) in [
+            (0, None),
+            (5, Some(0)),
+            (16 << 10, Some(123_456)),
+            (MAX_OCTAL_SIZE, Some(usize::MAX)),
+            (MAX_OCTAL_SIZE + 1, None),
+            (u64::MAX, None),
+        ] {
+            for kind in [tar::EntryType::Regular, tar::EntryType::XHeader] {
+                let mut expected = tar::Header::new_ustar();
+                expected.set_size(size);
+                expected.set_mode(0o644);
+                expected.set_mtime(0);
+                expected.set_entry_type(kind);
+                expected.as_ustar_mut().unwrap().name[..3].copy_from_slice(b"a/b");
+                if let Some(index) = index {
+                    let group = format!("{INDEX_PREFIX}{index}");
+                    expected.as_ustar_mut().unwrap().gname[..group.len()]
+                        .copy_from_slice(group.as_bytes());
+                }
+                expected.set_cksum();
+                let ours = header(b"a/b", size, kind, index);
+                assert_eq!(ours.as_bytes(), expected.as_bytes(), "{size} {kind:?}");
+            }
+        }
+    }
+
+    #[test]
     fn tar_members_read_back_with_the_tar_crate() {
         let mut w = ArchiveWriter::tar();
         let long_name = format!("{}/end", "d".repeat(150));
-        let mut body = Vec::new();
+        let mut frames = Frames::default();
         for (name, data, pax) in [
             ("a/b", Bytes::from_static(b"hello"), vec![]),
             (long_name.as_str(), Bytes::from(vec![7u8; 1000]), vec![]),
@@ -376,20 +547,22 @@ mod tests {
                 vec![(PAX_STATUS, "404".to_string())],
             ),
         ] {
-            for chunk in w
-                .member(Member {
+            w.member(
+                Member {
                     name: name.to_string(),
                     data,
                     pax,
                     index: None,
-                })
-                .unwrap()
-            {
-                body.extend_from_slice(&chunk);
-            }
+                },
+                &mut frames,
+            )
+            .unwrap();
         }
-        for chunk in w.finish().unwrap() {
-            body.extend_from_slice(&chunk);
+        w.finish(&mut frames).unwrap();
+        frames.cut();
+        let mut body = Vec::new();
+        while let Some(frame) = frames.pop() {
+            body.extend_from_slice(&frame);
         }
         let mut archive = tar::Archive::new(&body[..]);
         let mut seen = Vec::new();

@@ -9,7 +9,8 @@
 //! # Memory bound
 //!
 //! * At most [`Window::requests`] requests are *outstanding* (issued to a store and not yet
-//!   handed on), so at most that many answers are ever held.
+//!   handed on), so at most that many answers are ever held. A segment is issued whole, once
+//!   the window has room for all of it.
 //! * No new segment is issued while the reorder buffer holds [`Window::bytes`] or more.
 //!
 //! So the buffer holds at most `Window::bytes` plus what the outstanding requests return,
@@ -133,9 +134,14 @@ impl Fetcher {
         }
     }
 
+    /// Whether the next segment may be issued: a whole one (or the rest, if shorter) must
+    /// fit the window. Issuing whatever room there is would, once the window is full, send
+    /// one `get_many` call per answer handed on, each with its own planning and task.
     fn can_issue(&self) -> bool {
-        self.next_issue < self.fetches.len()
-            && self.outstanding < self.window.requests
+        let remaining = self.fetches.len() - self.next_issue;
+        let room = self.window.requests - self.outstanding;
+        remaining > 0
+            && room >= self.window.segment.min(remaining)
             && self.buffered_bytes < self.window.bytes
     }
 
@@ -280,14 +286,16 @@ impl Stream for Fetcher {
 /// `store.get_many(requests)` as a `'static` stream that owns its store.
 ///
 /// The borrowing stream lives inside a future that owns the `Arc` and forwards the answers
-/// over a one-slot channel; that future is polled together with the channel by whoever reads
-/// the answers, so no task is spawned, the store's stream is not read ahead of the reader by
-/// more than one answer, and dropping the reader drops the reads.
+/// over a channel; that future is polled together with the channel by whoever reads the
+/// answers, so no task is spawned and dropping the reader drops the reads. The channel has
+/// room for every answer of the call, so forwarding never waits on the reader (a one-slot
+/// channel cost a pause and a wake-up of the reader's task per answer); the answers it holds
+/// are outstanding requests, which the window bounds.
 pub(crate) fn owned_get_many(
     store: Arc<dyn Store>,
     requests: Vec<Request>,
 ) -> BoxStream<'static, Answer> {
-    let (mut tx, rx) = futures::channel::mpsc::channel(0);
+    let (mut tx, rx) = futures::channel::mpsc::channel(requests.len());
     let driver = async move {
         let mut stream = store.get_many(requests);
         while let Some(answer) = stream.next().await {

@@ -363,7 +363,8 @@ impl Assemble for TigrisAssemble {
         index: usize,
         result: Result<Option<Bytes>>,
     ) -> std::result::Result<Option<Member>, String> {
-        let key = self.keys[index].clone();
+        // Each index is answered once (the fetcher drops repeats): take the key, no copy.
+        let key = std::mem::take(&mut self.keys[index]);
         match result {
             Ok(Some(data)) => Ok(Some(Member {
                 name: key,
