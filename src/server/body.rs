@@ -54,6 +54,8 @@ struct ArchiveBody<A> {
     frames: Frames,
     deadline: Pin<Box<Sleep>>,
     done: bool,
+    /// The error that ends the body, once the frames before it are out.
+    failed: Option<std::io::Error>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -72,11 +74,12 @@ impl<A: Assemble> ArchiveBody<A> {
         Ok(())
     }
 
-    fn fail(&mut self, error: std::io::Error) -> Poll<Option<std::io::Result<Bytes>>> {
+    /// Ends the body with `error`, after the members written before it: a failure cuts the
+    /// body there, and loses none of the members before it.
+    fn fail(&mut self, error: std::io::Error) {
         self.done = true;
-        // What was written before the failure is dropped: the body is cut either way.
-        self.frames = Frames::default();
-        Poll::Ready(Some(Err(error)))
+        self.frames.cut();
+        self.failed = Some(error);
     }
 }
 
@@ -89,6 +92,9 @@ impl<A: Assemble + Unpin> Stream for ArchiveBody<A> {
             if let Some(frame) = this.frames.pop() {
                 return Poll::Ready(Some(Ok(frame)));
             }
+            if let Some(error) = this.failed.take() {
+                return Poll::Ready(Some(Err(error)));
+            }
             if this.done {
                 return Poll::Ready(None);
             }
@@ -96,16 +102,16 @@ impl<A: Assemble + Unpin> Stream for ArchiveBody<A> {
                 Poll::Ready(Some((index, result))) => match this.assemble.member(index, result) {
                     Ok(Some(member)) => {
                         if let Err(e) = this.writer.member(member, &mut this.frames) {
-                            return this.fail(e);
+                            this.fail(e);
                         }
                     }
                     Ok(None) => {}
-                    Err(why) => return this.fail(std::io::Error::other(why)),
+                    Err(why) => this.fail(std::io::Error::other(why)),
                 },
                 Poll::Ready(None) => {
                     this.done = true;
                     if let Err(e) = this.finish() {
-                        return this.fail(e);
+                        this.fail(e);
                     }
                 }
                 Poll::Pending => {
@@ -115,10 +121,11 @@ impl<A: Assemble + Unpin> Stream for ArchiveBody<A> {
                         continue;
                     }
                     if this.deadline.as_mut().poll(cx).is_ready() {
-                        return this.fail(std::io::Error::new(
+                        this.fail(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
                             "the bundle took longer than the server's time limit",
                         ));
+                        continue;
                     }
                     return Poll::Pending;
                 }
@@ -141,6 +148,7 @@ pub(crate) fn archive_stream<A: Assemble + Unpin>(
         frames: Frames::default(),
         deadline: Box::pin(tokio::time::sleep_until(context.deadline)),
         done: false,
+        failed: None,
         _permit: context.permit,
     }
     .boxed()
@@ -185,7 +193,10 @@ mod tests {
     use crate::{MemoryStore, Request, Store};
     use std::io::Read;
 
-    struct Named;
+    /// Names members `o/<index>`; fails the body at index `fail_at`.
+    struct Named {
+        fail_at: Option<usize>,
+    }
 
     impl Assemble for Named {
         fn member(
@@ -193,6 +204,9 @@ mod tests {
             index: usize,
             result: Result<Option<Bytes>>,
         ) -> std::result::Result<Option<Member>, String> {
+            if Some(index) == self.fail_at {
+                return Err(format!("member {index} fails"));
+            }
             let data = result.map_err(|e| e.to_string())?.unwrap_or_default();
             Ok(Some(Member {
                 name: format!("o/{index}"),
@@ -207,17 +221,18 @@ mod tests {
         }
     }
 
-    /// Members that are ready together leave together: a few large frames, not three
-    /// frames per member; and the frames are a valid tar of every member, in order.
-    #[tokio::test(flavor = "current_thread")]
-    async fn ready_members_share_frames() {
-        const N: usize = 2_000;
+    fn content(i: usize) -> Vec<u8> {
+        vec![(i % 251) as u8; 1000 + i % 100]
+    }
+
+    /// The body of a request-order bundle of objects `o/0..n`, frame by frame.
+    async fn body(n: usize, fail_at: Option<usize>) -> Vec<std::io::Result<Bytes>> {
         let store = MemoryStore::new();
-        for i in 0..N {
-            store.insert(format!("o/{i}"), vec![(i % 251) as u8; 1000 + i % 100]);
+        for i in 0..n {
+            store.insert(format!("o/{i}"), content(i));
         }
         let store: Arc<dyn Store> = Arc::new(store);
-        let fetches = (0..N)
+        let fetches = (0..n)
             .map(|i| Fetch {
                 store: store.clone(),
                 request: Request::whole(format!("o/{i}")),
@@ -230,10 +245,54 @@ mod tests {
             deadline: Instant::now() + std::time::Duration::from_secs(60),
             stats,
         };
-        let frames: Vec<Bytes> = archive_stream(answers, ArchiveWriter::tar(), Named, context)
-            .map(|frame| frame.unwrap())
+        archive_stream(answers, ArchiveWriter::tar(), Named { fail_at }, context)
             .collect()
-            .await;
+            .await
+    }
+
+    /// The members of a tar body, checked against `content`.
+    fn check_members(body: &[u8]) -> usize {
+        let mut archive = tar::Archive::new(body);
+        let mut count = 0;
+        for (i, entry) in archive.entries().unwrap().enumerate() {
+            let mut entry = entry.unwrap();
+            assert_eq!(
+                entry.path().unwrap().to_str(),
+                Some(format!("o/{i}").as_str())
+            );
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            assert_eq!(data, content(i));
+            count += 1;
+        }
+        count
+    }
+
+    /// A member that fails cuts the body after the members before it, which all arrive,
+    /// though they were ready in the same poll as the failure.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failure_cuts_the_body_after_the_members_before_it() {
+        let mut items = body(100, Some(50)).await;
+        let last = items.pop().unwrap();
+        assert!(last.unwrap_err().to_string().contains("member 50 fails"));
+        let body: Vec<u8> = items
+            .into_iter()
+            .map(|f| f.unwrap())
+            .collect::<Vec<_>>()
+            .concat();
+        assert_eq!(check_members(&body), 50);
+    }
+
+    /// Members that are ready together leave together: a few large frames, not three
+    /// frames per member; and the frames are a valid tar of every member, in order.
+    #[tokio::test(flavor = "current_thread")]
+    async fn ready_members_share_frames() {
+        const N: usize = 2_000;
+        let frames: Vec<Bytes> = body(N, None)
+            .await
+            .into_iter()
+            .map(|frame| frame.unwrap())
+            .collect();
         let total: usize = frames.iter().map(Bytes::len).sum();
         // About 3 MB of tar: at least 12 frames of 256 KiB; one per answer handed over
         // together (the backing store answers in batches) at most, never 3 per member.
@@ -250,16 +309,6 @@ mod tests {
         );
         let body: Vec<u8> = frames.concat();
         assert_eq!(body.len(), total);
-        let mut archive = tar::Archive::new(&body[..]);
-        for (i, entry) in archive.entries().unwrap().enumerate() {
-            let mut entry = entry.unwrap();
-            assert_eq!(
-                entry.path().unwrap().to_str(),
-                Some(format!("o/{i}").as_str())
-            );
-            let mut data = Vec::new();
-            entry.read_to_end(&mut data).unwrap();
-            assert_eq!(data, vec![(i % 251) as u8; 1000 + i % 100]);
-        }
+        assert_eq!(check_members(&body), N);
     }
 }

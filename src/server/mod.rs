@@ -30,6 +30,12 @@
 //! objects are still being read. Each object is held whole while it is written (the `Store`
 //! trait returns whole values).
 //!
+//! Members that are ready at the same moment share a body frame of up to 256 KiB: headers,
+//! padding and objects under 64 KiB are copied into it, larger objects go out as frames of
+//! their own without a copy. A frame leaves as soon as no further answer is ready, so a
+//! member never waits for the next object. (One frame per header, object and padding cost a
+//! write on the server and a wake-up of the client's reader each: three per member.)
+//!
 //! A client may ask for *completion order* with the request header `x-getmany-order:
 //! completion`: members then leave as each object arrives, each carrying its request index
 //! in the tar header's group-name field (`getmany:<index>`, no extra header block), and the
