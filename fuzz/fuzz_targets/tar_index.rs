@@ -43,7 +43,10 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(streamed) = streamed {
         for (name, content) in &streamed.contents {
-            let member = streamed.index.get(name).expect("content of an indexed member");
+            let member = streamed
+                .index
+                .get(name)
+                .expect("content of an indexed member");
             assert_eq!(content.len() as u64, member.size);
             if let Some(m) = index.get(name) {
                 if m.offset + m.size <= data.len() as u64 {
