@@ -67,6 +67,12 @@ pub mod testing;
 #[cfg(feature = "archive")]
 pub mod archive;
 
+#[cfg(feature = "dir")]
+mod dir;
+
+#[cfg(any(feature = "server", feature = "s3-server"))]
+pub mod conn;
+
 #[cfg(feature = "s3-server")]
 pub mod s3_server;
 
@@ -96,3 +102,5 @@ pub use crate::bundle::{
 };
 #[cfg(feature = "archive")]
 pub use archive::ArchiveStore;
+#[cfg(feature = "dir")]
+pub use dir::DirStore;

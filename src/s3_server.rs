@@ -18,21 +18,17 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use futures::future::{Either, select};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Method, header};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use object_store::path::Path;
 use object_store::{
     GetOptions, GetRange, GetResult, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
@@ -51,8 +47,8 @@ use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::stream::{ByteStream, RemainingLength};
 use s3s::{S3, S3Error, S3Request, S3Response, S3Result, StdError, s3_error};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+
+use crate::conn::{ConnectionLimits, HttpServer};
 
 /// The most keys one `ListObjectsV2` page holds, as on AWS.
 const MAX_KEYS: usize = 1000;
@@ -66,9 +62,9 @@ const MAX_KEYS: usize = 1000;
 /// such as `a//b`, a trailing `/`, `.` or `..` segments, control characters) cannot be
 /// stored: a PUT of one answers `400 InvalidArgument`, a GET `404 NoSuchKey`.
 ///
-/// Every accepted connection gets `TCP_NODELAY` and its own task, served by hyper
-/// (HTTP/1.1 or HTTP/2). Dropping the server stops accepting connections at once; open
-/// connections finish the request in flight, then close.
+/// Connections are served by the crate's connection core ([`crate::conn`]: `TCP_NODELAY`,
+/// HTTP/1.1 or HTTP/2, the default [`ConnectionLimits`]). Dropping the server stops accepting
+/// connections at once; open connections finish the request in flight, then close.
 ///
 /// # Example
 ///
@@ -102,11 +98,9 @@ const MAX_KEYS: usize = 1000;
 /// # }
 /// ```
 pub struct S3Server {
-    addr: SocketAddr,
     counters: Arc<Counters>,
-    accept_task: JoinHandle<()>,
-    /// Set to `true` on drop: every connection then shuts down gracefully.
-    shutdown: watch::Sender<bool>,
+    /// Dropped with the server: stops accepting, and every connection shuts down gracefully.
+    http: HttpServer,
 }
 
 /// Requests that reached an [`S3Server`], by HTTP method, since it started or since the
@@ -201,32 +195,22 @@ impl S3Server {
         };
 
         let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let accept_task = tokio::spawn(accept_loop(
-            listener,
-            service,
-            counters.clone(),
-            strip_auth,
-            shutdown_rx,
-        ));
-        Ok(S3Server {
-            addr,
-            counters,
-            accept_task,
-            shutdown,
-        })
+        let handler_counters = counters.clone();
+        let http = HttpServer::start(listener, ConnectionLimits::default(), move |req| {
+            handle(req, service.clone(), handler_counters.clone(), strip_auth)
+        })?;
+        Ok(S3Server { counters, http })
     }
 
     /// The address the server listens on (with the actual port if `0` was asked for).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.http.local_addr()
     }
 
     /// The endpoint URL for clients, `http://ip:port`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.http.local_addr())
     }
 
     /// Requests received so far, by method (exact).
@@ -251,60 +235,9 @@ impl S3Server {
 impl fmt::Debug for S3Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("S3Server")
-            .field("addr", &self.addr)
+            .field("addr", &self.http.local_addr())
             .field("counts", &self.counts())
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for S3Server {
-    /// Stops accepting connections (the accept task is aborted) and asks every open
-    /// connection to close once its request in flight is answered.
-    fn drop(&mut self) {
-        self.accept_task.abort();
-        self.shutdown.send_replace(true);
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    service: S3Service,
-    counters: Arc<Counters>,
-    strip_auth: bool,
-    shutdown: watch::Receiver<bool>,
-) {
-    let builder = Arc::new(ConnBuilder::new(TokioExecutor::new()));
-    loop {
-        let socket = match listener.accept().await {
-            Ok((socket, _peer)) => socket,
-            // E.g. out of file descriptors: back off instead of spinning.
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
-            }
-        };
-        // Without it every small response waits for the peer's delayed ACK (~40 ms).
-        if socket.set_nodelay(true).is_err() {
-            continue;
-        }
-        let service = service.clone();
-        let counters = counters.clone();
-        let handler =
-            service_fn(move |req| handle(req, service.clone(), counters.clone(), strip_auth));
-        let builder = builder.clone();
-        let mut shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut conn = pin!(builder.serve_connection(TokioIo::new(socket), handler));
-            let stopping = matches!(
-                select(conn.as_mut(), pin!(shutdown.wait_for(|&stop| stop))).await,
-                Either::Right(_)
-            );
-            if stopping {
-                conn.as_mut().graceful_shutdown();
-                // A connection error only concerns this connection's peer.
-                let _ = conn.await;
-            }
-        });
     }
 }
 

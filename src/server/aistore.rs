@@ -15,8 +15,8 @@ use super::body::{Assemble, BodyContext, archive_stream, collect_limited, http_b
 use super::fetch::{Fetch, Fetcher};
 use super::invalid_key_reason;
 use super::service::{
-    BodyError, Kind, MOSS_PATH, ORDER_HEADER, Shared, error_response, read_body, route_response,
-    to_route_response,
+    BodyError, Kind, MOSS_PATH, ORDER_HEADER, Shared, error_response, public_error, read_body,
+    route_response, to_route_response,
 };
 use crate::{ByteRange, Error, Request, Result, Store, slice_object};
 
@@ -469,7 +469,10 @@ async fn first_failure(
                     StatusCode::NOT_FOUND,
                     format!("object {name} does not exist"),
                 )),
-                Err(e) => Some((StatusCode::INTERNAL_SERVER_ERROR, format!("{name}: {e}"))),
+                Err(e) => Some((
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{name}: {}", public_error(&e)),
+                )),
                 Ok(Some(size)) => match (&entry.range, &entry.archpath) {
                     (Some(range), None) if size > 0 && range.resolve(size).is_none() => Some((
                         StatusCode::RANGE_NOT_SATISFIABLE,
@@ -576,7 +579,7 @@ impl Assemble for MossAssemble {
                     None => format!("object {}/{} does not exist", entry.bucket, entry.objname),
                 },
             ),
-            Err(e) => (status_of(&e), e.to_string()),
+            Err(e) => (status_of(&e), public_error(&e)),
         };
         if !self.coer {
             return Err(format!("{message}; the batch is cut (coer is false)"));

@@ -91,10 +91,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::Semaphore;
 
 use crate::Store;
+use crate::conn::{ConnectionLimits, ConnectionStats, HttpServer};
 
 pub use fetch::{FetchStats, Window};
 pub use keys::{MAX_KEY_BYTES, invalid_key_reason, valid_bucket_name};
@@ -113,13 +113,34 @@ pub struct Limits {
     /// The longest a request may take, body included (15 minutes, as Tigris); a body still
     /// streaming then is cut.
     pub request_timeout: Duration,
-    /// The longest a client may take to send a request's headers (30 s).
+    /// The longest a client may take to send a request's headers, and a new connection its
+    /// first request (30 s).
     pub header_read_timeout: Duration,
+    /// The longest a connection may stay open between two requests (30 s).
+    pub idle_timeout: Duration,
+    /// The longest a response may wait for the client to read on (30 s); a client that stops
+    /// reading loses its connection, and its bundle's permit is freed.
+    pub stall_timeout: Duration,
+    /// Connections open at once; one more is closed at once (1,024).
+    pub max_connections: usize,
     /// The reorder window of each bundle.
     pub window: Window,
     /// The most a response may hold in memory when it cannot stream: a multipart GetBatch
     /// answer, an archive object read for `archpath` (256 MiB).
     pub max_buffered_bytes: u64,
+}
+
+impl Limits {
+    /// The connection limits of these server limits.
+    fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            request_timeout: self.request_timeout,
+            stall_timeout: self.stall_timeout,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -131,6 +152,9 @@ impl Default for Limits {
             max_in_flight: 32,
             request_timeout: Duration::from_secs(15 * 60),
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(30),
+            max_connections: 1024,
             window: Window::default(),
             max_buffered_bytes: 256 << 20,
         }
@@ -300,29 +324,29 @@ impl BundleServerBuilder {
             next_request_id: AtomicU64::new(1),
         });
         let service = service::build_s3_service(shared.clone(), self.credentials);
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let accept_task =
-            tokio::spawn(service::accept_loop(listener, service, shared, shutdown_rx));
+        let connection_limits = shared.limits.connection_limits();
+        let http = HttpServer::start(listener, connection_limits, move |req| {
+            service::handle(req, service.clone(), shared.clone())
+        })
+        .map_err(|source| ServerError::Bind { addr, source })?;
         Ok(BundleServer {
             addr: local,
             in_flight,
             max_in_flight,
             stats,
-            accept_task,
-            shutdown,
+            http,
         })
     }
 }
 
 /// A running bundle endpoint. Dropping it stops accepting connections; connections in
-/// progress finish their current request.
+/// progress finish their current request (within the [`Limits`]).
 pub struct BundleServer {
     addr: SocketAddr,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     stats: Arc<ServerStats>,
-    accept_task: JoinHandle<()>,
-    shutdown: watch::Sender<bool>,
+    http: HttpServer,
 }
 
 impl BundleServer {
@@ -346,6 +370,11 @@ impl BundleServer {
         &self.stats
     }
 
+    /// The connection counters (open, refused, closed by a time limit).
+    pub fn connections(&self) -> &ConnectionStats {
+        self.http.stats()
+    }
+
     /// Bundle and GetBatch requests running now (admitted and not yet finished or dropped).
     pub fn bundles_in_flight(&self) -> usize {
         self.max_in_flight - self.in_flight.available_permits()
@@ -361,9 +390,3 @@ impl fmt::Debug for BundleServer {
     }
 }
 
-impl Drop for BundleServer {
-    fn drop(&mut self) {
-        self.accept_task.abort();
-        self.shutdown.send_replace(true);
-    }
-}

@@ -47,7 +47,7 @@ fn store_error(error: Error) -> S3Error {
     match error {
         Error::InvalidRange { .. } => s3_error!(InvalidRange, "{error}"),
         Error::InvalidKey { .. } => s3_error!(InvalidArgument, "{error}"),
-        other => s3_error!(InternalError, "{other}"),
+        other => s3_error!(InternalError, "{}", super::service::public_error(&other)),
     }
 }
 

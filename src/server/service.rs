@@ -1,4 +1,5 @@
-//! The HTTP side: accepting connections, admission (429), authentication, routing.
+//! The HTTP side: early refusals, authentication, admission (429), routing. Connections are
+//! accepted and bounded in time by [`crate::conn`].
 //!
 //! Every request goes through an `s3s` service, which verifies SigV4 signatures (headers,
 //! presigned URLs and the payload hash) when credentials are configured. Bundle and GetBatch
@@ -6,28 +7,21 @@
 //! operations of [`StoreS3`](super::s3::StoreS3).
 
 use std::collections::BTreeMap;
-use std::pin::pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::{Either, select};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::http::Extensions;
-use hyper::service::service_fn;
 use hyper::{HeaderMap, Method, StatusCode, Uri};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use s3s::route::S3Route;
 use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::{Body, S3Request, S3Response, S3Result};
-use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::Semaphore;
 
 use super::{Limits, ServerStats, valid_bucket_name};
-use crate::Store;
+use crate::{Error, Store};
 
 /// Asks for completion-order members (request header) and confirms it (response header).
 pub const ORDER_HEADER: &str = "x-getmany-order";
@@ -81,17 +75,6 @@ pub(crate) fn classify(method: &Method, uri: &Uri) -> Kind {
     }
 }
 
-/// The admission permit of a bundle, handed from the HTTP layer to the route through the
-/// request's extensions (which must be `Clone`).
-#[derive(Clone)]
-pub(crate) struct Admission(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
-
-impl Admission {
-    pub fn take(&self) -> Option<OwnedSemaphorePermit> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
-    }
-}
-
 /// Marks a request whose Bearer token was checked.
 #[derive(Clone, Copy)]
 struct BearerOk;
@@ -120,58 +103,20 @@ pub(crate) fn build_s3_service(
     builder.build()
 }
 
-pub(crate) async fn accept_loop(
-    listener: TcpListener,
-    service: S3Service,
-    shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let mut builder = ConnBuilder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(shared.limits.header_read_timeout);
-    let builder = Arc::new(builder);
-    loop {
-        let socket = match listener.accept().await {
-            Ok((socket, _peer)) => socket,
-            // Out of file descriptors, say: back off instead of spinning.
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
-            }
-        };
-        // Without it every small response waits for the peer's delayed ACK (~40 ms).
-        if socket.set_nodelay(true).is_err() {
-            continue;
-        }
-        let service = service.clone();
-        let shared = shared.clone();
-        let handler = service_fn(move |req| handle(req, service.clone(), shared.clone()));
-        let builder = builder.clone();
-        let mut shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut conn = pin!(builder.serve_connection(TokioIo::new(socket), handler));
-            let stopping = matches!(
-                select(conn.as_mut(), pin!(shutdown.wait_for(|&stop| stop))).await,
-                Either::Right(_)
-            );
-            if stopping {
-                conn.as_mut().graceful_shutdown();
-                // A connection error concerns only this connection's peer.
-                let _ = conn.await;
-            }
-        });
-    }
-}
-
-async fn handle(
+/// The server's request handler: checks that cost nothing, Bearer tokens, then `s3s`
+/// (signatures, routing), under the request time limit.
+pub(crate) async fn handle(
     req: hyper::Request<Incoming>,
     service: S3Service,
     shared: Arc<Shared>,
 ) -> Result<hyper::Response<Body>, s3s::HttpError> {
     shared.stats.requests.fetch_add(1, Ordering::Relaxed);
     let kind = classify(req.method(), req.uri());
+    // Refusals that need no body and no signature check, so an unauthenticated client
+    // cannot make the server read, buffer or wait for anything.
+    if let Some(refusal) = refuse_early(req.uri(), req.headers(), kind, &shared) {
+        return Ok(refusal);
+    }
     let mut req = req.map(Body::from);
 
     // Authentication that s3s does not do: the Bearer token of the AIStore routes.
@@ -208,32 +153,7 @@ async fn handle(
         req.headers_mut().remove(header::AUTHORIZATION);
     }
 
-    // Admission: a bounded number of bundles at once; the rest are told to come back.
-    if kind != Kind::Other {
-        match shared.in_flight.clone().try_acquire_owned() {
-            Ok(permit) => {
-                shared.stats.bundles.fetch_add(1, Ordering::Relaxed);
-                req.extensions_mut()
-                    .insert(Admission(Arc::new(Mutex::new(Some(permit)))));
-            }
-            Err(_) => {
-                shared.stats.overloaded.fetch_add(1, Ordering::Relaxed);
-                let mut response = error_response(
-                    kind,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "SlowDown",
-                    "too many bundle requests in flight; retry later",
-                    &shared,
-                );
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return Ok(response);
-            }
-        }
-    }
-
-    // The time limit up to the response headers; the body enforces the rest of it.
+    // The time limit up to the response headers; the connection core bounds the body.
     match tokio::time::timeout(shared.limits.request_timeout, service.call(req)).await {
         Ok(result) => result,
         Err(_) => Ok(error_response(
@@ -243,6 +163,120 @@ async fn handle(
             "the request took longer than the server's time limit",
             &shared,
         )),
+    }
+}
+
+/// A refusal decided from the request line and headers alone, before `s3s` reads a body or
+/// a bundle takes a permit:
+///
+/// * `multipart/form-data` (S3's browser POST upload): the server is read-only, and `s3s`
+///   would read the whole form before checking its signature.
+/// * Signature Version 2 (`Authorization: AWS ...`, `?Signature=`, `?AWSAccessKeyId=`): it
+///   covers neither the body nor, here, a bounded time, so a captured request would replay
+///   forever.
+/// * With authentication required, a request that carries no credentials at all; on the
+///   AIStore routes also an `Authorization` header that is neither a Bearer token nor SigV4
+///   (401, as AIStore answers).
+fn refuse_early(
+    uri: &Uri,
+    headers: &HeaderMap,
+    kind: Kind,
+    shared: &Shared,
+) -> Option<hyper::Response<Body>> {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        });
+    if is_form {
+        return Some(error_response(
+            kind,
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            "multipart/form-data requests (browser POST uploads) are not supported by this server",
+            shared,
+        ));
+    }
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("").trim());
+    let query_has = |name: &str| {
+        uri.query().is_some_and(|q| {
+            q.split('&')
+                .any(|pair| pair.split('=').next() == Some(name))
+        })
+    };
+    let sig_v2 = authorization.is_some_and(|a| a.starts_with("AWS ") && !a.starts_with("AWS4"))
+        || query_has("Signature")
+        || query_has("AWSAccessKeyId");
+    if sig_v2 && shared.has_keys {
+        return Some(error_response(
+            kind,
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "AWS Signature Version 2 is not accepted: sign requests with Signature Version 4",
+            shared,
+        ));
+    }
+    let needs_auth = shared.has_keys || (kind == Kind::Moss && shared.token.is_some());
+    if !needs_auth {
+        return None;
+    }
+    let presigned = query_has("X-Amz-Signature");
+    match authorization {
+        None if !presigned => Some(unauthenticated(kind, shared)),
+        Some(a)
+            if kind == Kind::Moss
+                && !a.starts_with("Bearer ")
+                && !a.starts_with("AWS4-HMAC-SHA256 ") =>
+        {
+            Some(error_response(
+                kind,
+                StatusCode::UNAUTHORIZED,
+                "AccessDenied",
+                "malformed Authorization header: expected \"Bearer <token>\" or an AWS Signature Version 4",
+                shared,
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The answer to a request without credentials where they are required: 401 on the AIStore
+/// routes (as AIStore), 403 `AccessDenied` elsewhere (as S3).
+fn unauthenticated(kind: Kind, shared: &Shared) -> hyper::Response<Body> {
+    if kind == Kind::Moss {
+        error_response(
+            kind,
+            StatusCode::UNAUTHORIZED,
+            "AccessDenied",
+            "this server needs a bearer token or an AWS Signature Version 4",
+            shared,
+        )
+    } else {
+        error_response(
+            kind,
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "this server needs an AWS Signature Version 4",
+            shared,
+        )
+    }
+}
+
+/// What a client is told about a failed read: the key and the kind of failure, never a
+/// backend's own message, which may name paths of the server's disk (object_store's local
+/// file system does). The whole error goes to the log.
+pub(crate) fn public_error(error: &Error) -> String {
+    match error {
+        Error::Backend { key, .. } => {
+            tracing::warn!(%error, "a read failed in the server's backend");
+            format!("reading {key:?} failed in the server's backend")
+        }
+        other => other.to_string(),
     }
 }
 
@@ -357,21 +391,27 @@ impl S3Route for BundleRoute {
             _ if shared.has_keys => signed,
             _ => true,
         };
-        let permit = req.extensions.get::<Admission>().and_then(Admission::take);
         if !allowed {
-            let message = if kind == Kind::Moss {
-                "this server needs a SigV4 signature or a bearer token"
-            } else {
-                "this server needs a SigV4 signature"
-            };
-            return Ok(to_route_response(error_response(
-                kind,
-                StatusCode::FORBIDDEN,
-                "AccessDenied",
-                message,
-                shared,
-            )));
+            return Ok(to_route_response(unauthenticated(kind, shared)));
         }
+        // Admission, only once authenticated: a bounded number of bundles at once; the rest
+        // are told to come back.
+        let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
+            shared.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+            let mut response = error_response(
+                kind,
+                StatusCode::TOO_MANY_REQUESTS,
+                "SlowDown",
+                "too many bundle requests in flight; retry later",
+                shared,
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Ok(to_route_response(response));
+        };
+        shared.stats.bundles.fetch_add(1, Ordering::Relaxed);
+        let permit = Some(permit);
         let deadline = tokio::time::Instant::now() + shared.limits.request_timeout;
         let context = super::body::BodyContext {
             permit,

@@ -14,7 +14,7 @@ use super::body::{Assemble, BodyContext, archive_stream, http_body};
 use super::fetch::{Fetch, Fetcher};
 use super::invalid_key_reason;
 use super::service::{
-    BodyError, Kind, ORDER_HEADER, Shared, error_response, read_body, route_response,
+    BodyError, Kind, ORDER_HEADER, Shared, error_response, public_error, read_body, route_response,
     to_route_response, xml_error, xml_escape,
 };
 use crate::{Error, Request, Result, Store};
@@ -168,7 +168,7 @@ pub(crate) async fn handle(
                     shared,
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "InternalError",
-                    &e.to_string(),
+                    &public_error(&e),
                 ));
             }
             Ok(Ok(missing)) if !missing.is_empty() => {
@@ -380,14 +380,14 @@ impl Assemble for TigrisAssemble {
                     .push(serde_json::json!({ "key": key, "reason": "NoSuchKey" }));
                 Ok(None)
             }
-            Err(e) if self.fail_mode => Err(format!("reading {key:?} failed: {e}")),
+            Err(e) if self.fail_mode => Err(public_error(&e)),
             Err(e) => {
                 let reason = match e {
                     Error::InvalidKey { .. } => "InvalidArgument",
                     _ => "InternalError",
                 };
                 self.skipped.push(
-                    serde_json::json!({ "key": key, "reason": reason, "message": e.to_string() }),
+                    serde_json::json!({ "key": key, "reason": reason, "message": public_error(&e) }),
                 );
                 Ok(None)
             }

@@ -43,17 +43,13 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use getmany::conn::{ConnectionLimits, HttpServer};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 use s3s::auth::SimpleAuth;
 use s3s::service::{S3Service, S3ServiceBuilder};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// Access key the server accepts.
 pub const ACCESS_KEY: &str = "getmany-test";
@@ -150,9 +146,8 @@ impl Shared {
 pub struct S3TestServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    accept_task: JoinHandle<()>,
-    /// Dropping the sender tells every connection task to stop.
-    _shutdown: watch::Sender<()>,
+    /// The crate's connection core; dropping it stops the server.
+    _http: HttpServer,
     /// Declared last so it is removed after the tasks were told to stop.
     root: TempDir,
 }
@@ -173,15 +168,16 @@ impl S3TestServer {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared::default());
-        let (shutdown_tx, shutdown_rx) = watch::channel(());
-
-        let accept_task = tokio::spawn(accept_loop(listener, s3, shared.clone(), shutdown_rx));
+        let handler_shared = shared.clone();
+        let http = HttpServer::start(listener, ConnectionLimits::default(), move |req| {
+            handle(req, s3.clone(), handler_shared.clone())
+        })
+        .expect("start the HTTP server");
 
         S3TestServer {
             addr,
             shared,
-            accept_task,
-            _shutdown: shutdown_tx,
+            _http: http,
             root,
         }
     }
@@ -304,47 +300,6 @@ impl S3TestServer {
     fn set_fault(&self, key: &str, fault: Fault) {
         let mut faults = self.shared.faults.lock().unwrap();
         faults.insert(key.to_owned(), fault);
-    }
-}
-
-impl Drop for S3TestServer {
-    fn drop(&mut self) {
-        self.accept_task.abort();
-        // `_shutdown` is dropped right after this, which ends the connection
-        // tasks.
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    s3: S3Service,
-    shared: Arc<Shared>,
-    shutdown: watch::Receiver<()>,
-) {
-    let http = ConnBuilder::new(TokioExecutor::new());
-    loop {
-        let socket = match listener.accept().await {
-            Ok((socket, _)) => socket,
-            Err(_) => continue,
-        };
-        // Without this every small response waits for the peer's delayed ACK
-        // (~40 ms) before its last segment goes out.
-        socket.set_nodelay(true).expect("set TCP_NODELAY");
-
-        let s3 = s3.clone();
-        let shared = shared.clone();
-        let service = service_fn(move |req| handle(req, s3.clone(), shared.clone()));
-        let conn = http
-            .serve_connection(TokioIo::new(socket), service)
-            .into_owned();
-        let mut shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = conn => {}
-                // Resolves with an error once the server struct is dropped.
-                _ = shutdown.changed() => {}
-            }
-        });
     }
 }
 

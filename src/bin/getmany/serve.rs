@@ -8,14 +8,13 @@ use std::time::Duration;
 
 use clap::Args;
 use getmany::server::{BundleServer, Limits, valid_bucket_name};
-use getmany::{ObjectStoreStore, Store};
-use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
+use getmany::{DirStore, ObjectStoreStore, Store};
 
 /// Options of `getmany serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// A directory whose subdirectories are the buckets (object_store's LocalFileSystem).
+    /// A directory whose subdirectories are the buckets. Nothing outside it is ever served:
+    /// symbolic links that lead out of a bucket are refused.
     #[arg(long, conflicts_with = "url", required_unless_present = "url")]
     root: Option<PathBuf>,
     /// Any object_store URL (s3://bucket/prefix, gs://..., az://..., file:///...), served as
@@ -42,9 +41,30 @@ pub struct ServeArgs {
     /// Bundle and GetBatch requests served at once; more answer 429.
     #[arg(long, default_value_t = Limits::default().max_in_flight)]
     max_in_flight: usize,
-    /// The longest a request may take, in seconds.
+    /// The longest a request may take, its response included, in seconds.
     #[arg(long, default_value_t = Limits::default().request_timeout.as_secs())]
     request_timeout_secs: u64,
+    /// The longest a client may take to send a request head (and a new connection its first
+    /// request), in seconds.
+    #[arg(long, default_value_t = Limits::default().header_read_timeout.as_secs_f64())]
+    header_timeout_secs: f64,
+    /// The longest a connection may stay open between requests, in seconds.
+    #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs_f64())]
+    idle_timeout_secs: f64,
+    /// The longest a response may wait for its client to read on, in seconds.
+    #[arg(long, default_value_t = Limits::default().stall_timeout.as_secs_f64())]
+    stall_timeout_secs: f64,
+    /// Connections open at once; more are closed at once.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+}
+
+/// A positive, finite number of seconds.
+fn seconds(name: &str, secs: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("--{name} must be a positive number of seconds, not {secs}"))
 }
 
 /// The options object_store reads for a URL, from the environment (lower-cased, as its
@@ -70,6 +90,7 @@ fn buckets_of_root(root: &PathBuf) -> Result<Vec<Bucket>, Box<dyn std::error::Er
         .collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
+        // A bucket is a real directory of the root, never a link to one elsewhere.
         if !entry.file_type()?.is_dir() {
             continue;
         }
@@ -78,8 +99,9 @@ fn buckets_of_root(root: &PathBuf) -> Result<Vec<Bucket>, Box<dyn std::error::Er
             eprintln!("getmany serve: skipping {name:?}: not a valid bucket name");
             continue;
         }
-        let fs: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(entry.path())?);
-        buckets.push((name, Arc::new(ObjectStoreStore::new(fs)) as Arc<dyn Store>));
+        let store = DirStore::open(entry.path())
+            .map_err(|e| format!("cannot open bucket directory {name:?}: {e}"))?;
+        buckets.push((name, Arc::new(store) as Arc<dyn Store>));
     }
     Ok(buckets)
 }
@@ -116,6 +138,10 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let limits = Limits {
         max_in_flight: args.max_in_flight,
         request_timeout: Duration::from_secs(args.request_timeout_secs),
+        header_read_timeout: seconds("header-timeout-secs", args.header_timeout_secs)?,
+        idle_timeout: seconds("idle-timeout-secs", args.idle_timeout_secs)?,
+        stall_timeout: seconds("stall-timeout-secs", args.stall_timeout_secs)?,
+        max_connections: args.max_connections,
         ..Limits::default()
     };
     let mut builder = BundleServer::builder().limits(limits);
