@@ -107,7 +107,10 @@ fn check_key(key: &str) -> Result<()> {
         Some("it starts with '/'")
     } else if key.contains('\0') {
         Some("it contains a NUL byte")
-    } else if key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+    } else if key
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
         Some("it has an empty, '.' or '..' segment")
     } else {
         None
@@ -127,9 +130,7 @@ fn open(root: &Dir, key: &str) -> Result<Option<(std::fs::File, std::fs::Metadat
         Ok(file) => file.into_std(),
         Err(e) => return not_found_or(key, e),
     };
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::backend(STORE, key, e))?;
+    let meta = file.metadata().map_err(|e| Error::backend(STORE, key, e))?;
     if !meta.is_file() {
         return Ok(None);
     }
@@ -175,8 +176,7 @@ fn read_range(
             }
         }
     };
-    let len = usize::try_from(span.end - span.start)
-        .map_err(|e| Error::backend(STORE, key, e))?;
+    let len = usize::try_from(span.end - span.start).map_err(|e| Error::backend(STORE, key, e))?;
     let mut buf = vec![0; len];
     file.read_exact_at(&mut buf, span.start)
         .map_err(|e| Error::backend(STORE, key, e))?;

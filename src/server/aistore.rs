@@ -469,10 +469,7 @@ async fn first_failure(
                     StatusCode::NOT_FOUND,
                     format!("object {name} does not exist"),
                 )),
-                Err(e) => Some((
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("{name}: {}", public_error(&e)),
-                )),
+                Err(e) => Some((status_of(&e), format!("{name}: {}", public_error(&e)))),
                 Ok(Some(size)) => match (&entry.range, &entry.archpath) {
                     (Some(range), None) if size > 0 && range.resolve(size).is_none() => Some((
                         StatusCode::RANGE_NOT_SATISFIABLE,

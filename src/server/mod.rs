@@ -389,4 +389,3 @@ impl fmt::Debug for BundleServer {
             .finish_non_exhaustive()
     }
 }
-
