@@ -48,13 +48,22 @@
 //!   AWS Signature V4 (checked by `s3s`, including the payload hash of a bundle's body). The
 //!   AIStore routes accept either a valid signature or `Authorization: Bearer <token>`
 //!   ([`BundleServerBuilder::token`]; the official AIStore client cannot sign). Nothing is
-//!   served unauthenticated then.
+//!   served unauthenticated then. Signature Version 2 is refused: it covers no body and no
+//!   time.
+//! * Authentication comes first: a request without credentials, or with a `multipart/form-data`
+//!   body, is refused from its headers; a bundle's admission permit is taken only once the
+//!   request is authenticated.
 //! * Without credentials [`start`](BundleServerBuilder::start) refuses any address but
 //!   loopback.
-//! * Keys never leave their bucket: see [`invalid_key_reason`].
+//! * Keys never leave their bucket: see [`invalid_key_reason`]. A bucket store decides what
+//!   its keys reach: [`DirStore`](crate) (what `getmany serve --root` uses) never resolves
+//!   a path outside its directory.
+//! * Errors name the bucket and key, never a backend's own message (which may hold paths).
 //! * [`Limits`]: bundles in flight (429 `SlowDown`/`{"status":429}` when full, without
-//!   disturbing the bundles already running), time per request, keys and body size, header
-//!   read timeout. Every connection sets `TCP_NODELAY`.
+//!   disturbing the bundles already running), keys and body size, and the connection limits
+//!   of [`crate::conn`] (open connections, header, idle, request and stall timeouts).
+//!
+//! What each promise means and how it is tested: `docs/security.md`.
 //!
 //! # Example
 //!
