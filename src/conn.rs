@@ -19,8 +19,10 @@
 //!   [`request_timeout`](ConnectionLimits::request_timeout), whether or not the client is
 //!   reading.
 //! * **Stalled readers:** a response that has handed a body frame to the connection and is
-//!   not asked for the next one within [`stall_timeout`](ConnectionLimits::stall_timeout)
-//!   (the client stopped reading, so the socket or the HTTP/2 window is full) is cut.
+//!   not asked for the next one, while not a byte leaves for the socket, for
+//!   [`stall_timeout`](ConnectionLimits::stall_timeout) (the client stopped reading, so the
+//!   socket or the HTTP/2 window is full) is cut. A slow reader that keeps taking bytes is
+//!   bounded by the request timeout instead.
 //!
 //! Cutting a connection drops its response bodies, which frees whatever they hold (a bundle's
 //! admission permit, its reads). A watchdog per connection checks these deadlines a few times
@@ -46,6 +48,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -59,7 +62,8 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -305,7 +309,11 @@ async fn accept_loop<F, Fut, B, E>(
         let stats = stats.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let mut conn = pin!(builder.serve_connection(TokioIo::new(socket), service));
+            let io = TokioIo::new(Tracked {
+                socket,
+                state: state.clone(),
+            });
+            let mut conn = pin!(builder.serve_connection(io, service));
             let watchdog = pin!(state.watch(limits, &stats));
             let stop = pin!(async move {
                 // `wait_for` holds a lock guard in its answer: keep only the fact.
@@ -332,6 +340,10 @@ async fn accept_loop<F, Fut, B, E>(
 /// The requests in progress on one connection, for its watchdog.
 struct ConnState {
     inner: Mutex<ConnTimes>,
+    /// When the connection was accepted: the origin of `last_write`.
+    epoch: Instant,
+    /// Milliseconds from `epoch` to the last write that made progress on the socket.
+    last_write: AtomicU64,
 }
 
 struct ConnTimes {
@@ -359,14 +371,22 @@ enum Closed {
 
 impl ConnState {
     fn new() -> Self {
+        let now = Instant::now();
         ConnState {
             inner: Mutex::new(ConnTimes {
-                idle_since: Instant::now(),
+                idle_since: now,
                 served_one: false,
                 next_id: 0,
                 requests: HashMap::new(),
             }),
+            epoch: now,
+            last_write: AtomicU64::new(0),
         }
+    }
+
+    fn wrote(&self) {
+        let elapsed = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_write.fetch_max(elapsed, Ordering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ConnTimes> {
@@ -393,6 +413,8 @@ impl ConnState {
 
     /// The first limit this connection crosses, checked every tick.
     fn check(&self, limits: &ConnectionLimits, now: Instant) -> Option<Closed> {
+        let last_write =
+            self.epoch + Duration::from_millis(self.last_write.load(Ordering::Relaxed));
         let times = self.lock();
         if times.requests.is_empty() {
             let limit = if times.served_one {
@@ -406,10 +428,11 @@ impl ConnState {
             if now.duration_since(request.started) >= limits.request_timeout {
                 return Some(Closed::Overtime);
             }
-            if request
-                .waiting_since
-                .is_some_and(|since| now.duration_since(since) >= limits.stall_timeout)
-            {
+            // Waiting for the client to take a frame, and no byte left for the socket since:
+            // a slow but steady reader of one large frame keeps writing, so it is not stalled.
+            if request.waiting_since.is_some_and(|since| {
+                now.duration_since(since.max(last_write)) >= limits.stall_timeout
+            }) {
                 return Some(Closed::Stalled);
             }
         }
@@ -431,6 +454,66 @@ impl ConnState {
             counter.fetch_add(1, Ordering::Relaxed);
             return;
         }
+    }
+}
+
+/// The socket, noting each write that makes progress.
+struct Tracked {
+    socket: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl Tracked {
+    fn note(&self, written: &Poll<std::io::Result<usize>>) {
+        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
+            self.state.wrote();
+        }
+    }
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.socket).poll_write(cx, buf);
+        this.note(&written);
+        written
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.socket).poll_write_vectored(cx, bufs);
+        this.note(&written);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.socket.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket).poll_shutdown(cx)
     }
 }
 

@@ -742,3 +742,37 @@ async fn error_bodies_name_the_key_never_a_path_of_the_disk() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_reader_is_not_taken_for_a_stalled_one() {
+    // A bundle of two 16 MiB objects leaves as two 16 MiB frames; the client takes ~4 s to
+    // read each, longer than the stall timeout, but bytes keep leaving for the socket (in bursts:
+    // the kernel wakes a writer only once a good part of the send buffer is free).
+    let top = big_root(2, 16 << 20);
+    let limits = Limits {
+        stall_timeout: Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let server = serve_dir(top.path(), limits).await;
+    let mut socket = TcpStream::connect(server.local_addr()).await.unwrap();
+    socket.write_all(bundle_head(2).as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0usize;
+    // Until the end of the tar (two 8 MiB members and their headers), or the server cuts it.
+    while total < 32 << 20 {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    let c = server.connections();
+    assert!(
+        total > 32 << 20,
+        "read only {total} bytes; closed idle {} stalled {} overtime {}",
+        c.closed_idle(),
+        c.closed_stalled(),
+        c.closed_overtime()
+    );
+    assert_eq!(server.connections().closed_stalled(), 0);
+}
