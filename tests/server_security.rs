@@ -209,25 +209,36 @@ impl Drop for ServeProcess {
 async fn serve_root_refuses_symlinks_out_of_the_root() {
     let top = escape_layout();
     let root = top.path().join("root");
-    let serve = ServeProcess::start(&["--root", root.to_str().unwrap()]);
-    let http = client();
-    for key in ESCAPES {
-        let response = http
-            .get(format!("{}/data/{key}", serve.url))
+    let url = format!("file://{}", root.join("data").display());
+    let by_root = ["--root", root.to_str().unwrap()];
+    let by_url = ["--url", url.as_str(), "--bucket", "data"];
+    for args in [&by_root[..], &by_url[..]] {
+        let serve = ServeProcess::start(args);
+        let http = client();
+        for key in ESCAPES {
+            let response = http
+                .get(format!("{}/data/{key}", serve.url))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            assert!(status.is_client_error(), "{args:?}: GET {key}: {status}");
+            assert_no_secret(key, &response.bytes().await.unwrap());
+        }
+        let ok = http
+            .get(format!("{}/data/ok.txt", serve.url))
             .send()
             .await
             .unwrap();
-        let status = response.status();
-        assert!(status.is_client_error(), "GET {key}: {status}");
-        assert_no_secret(key, &response.bytes().await.unwrap());
+        assert_eq!(ok.bytes().await.unwrap(), "fine", "{args:?}");
+        let response = http
+            .post(format!("{}/data?bundle", serve.url))
+            .body(serde_json::json!({ "keys": ESCAPES }).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_no_secret("bundle", &response.bytes().await.unwrap());
     }
-    let response = http
-        .post(format!("{}/data?bundle", serve.url))
-        .body(serde_json::json!({ "keys": ESCAPES }).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_no_secret("bundle", &response.bytes().await.unwrap());
 }
 
 fn tar_names(body: &[u8]) -> Vec<String> {

@@ -17,8 +17,8 @@ pub struct ServeArgs {
     /// symbolic links that lead out of a bucket are refused.
     #[arg(long, conflicts_with = "url", required_unless_present = "url")]
     root: Option<PathBuf>,
-    /// Any object_store URL (s3://bucket/prefix, gs://..., az://..., file:///...), served as
-    /// one bucket; credentials come from the usual environment variables (AWS_*, GOOGLE_*,
+    /// Any object_store URL (s3://bucket/prefix, gs://..., az://...) or a directory
+    /// (file:///path, confined as --root is), served as one bucket; credentials come from the usual environment variables (AWS_*, GOOGLE_*,
     /// AZURE_*).
     #[arg(long)]
     url: Option<String>,
@@ -111,6 +111,15 @@ fn bucket_of_url(
     name: Option<String>,
 ) -> Result<(String, Arc<dyn Store>), Box<dyn std::error::Error>> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("--url {url:?}: {e}"))?;
+    if parsed.scheme() == "file" {
+        // A directory is served by DirStore, which never follows a link out of it
+        // (object_store's LocalFileSystem would).
+        let path = parsed
+            .to_file_path()
+            .map_err(|()| format!("--url {url:?}: not a local path"))?;
+        let store = DirStore::open(&path).map_err(|e| format!("--url {url:?}: {e}"))?;
+        return Ok((name.unwrap_or_else(|| "data".to_string()), Arc::new(store)));
+    }
     let (store, prefix) = object_store::parse_url_opts(&parsed, env_options())
         .map_err(|e| format!("--url {url:?}: {e}"))?;
     let name = name
