@@ -11,6 +11,7 @@ use s3s::{S3, S3Error, S3Request, S3Response, S3Result, s3_error};
 
 use super::invalid_key_reason;
 use super::service::Shared;
+use crate::store::ObjectMeta;
 use crate::{ByteRange, Error, Store};
 
 /// The S3 operations of the server: reads only.
@@ -51,11 +52,16 @@ fn store_error(error: Error) -> S3Error {
     }
 }
 
-/// The store has no versions or e-tags: the server names an object by its size, which is
-/// enough for clients that require the header (object_store) but is no validator; the
-/// server ignores conditional headers.
-fn etag(size: u64) -> Option<ETag> {
-    Some(ETag::Strong(format!("getmany-{size}")))
+/// The ETag of an object: its store's version tag (the backend's ETag or object version,
+/// `DirStore`'s inode, size and modification time), so a rewritten object gets a new one.
+/// A store that reports no version gets a tag of the size: enough for clients that require
+/// the header (object_store), no validator; the server ignores conditional headers.
+fn etag(meta: &ObjectMeta, size: u64) -> Option<ETag> {
+    let tag = match &meta.version {
+        Some(version) => format!("v-{}", version.trim_matches('"')),
+        None => format!("getmany-{size}"),
+    };
+    Some(ETag::Strong(tag))
 }
 
 fn length(len: u64) -> S3Result<i64> {
@@ -71,40 +77,49 @@ impl S3 for StoreS3 {
         let input = req.input;
         let store = self.store(&input.bucket, &input.key)?;
         let key = input.key.as_str();
-        let (data, content_range, size) = match &input.range {
-            None => {
-                let data = store
-                    .get(key, None)
-                    .await
-                    .map_err(store_error)?
-                    .ok_or_else(|| s3_error!(NoSuchKey))?;
-                let size = data.len() as u64;
-                (data, None, size)
+        let range = input.range.as_ref().map(to_byte_range);
+        // One read gives the bytes, the object's size (for Content-Range) and its version,
+        // on every store that reports them; others are asked for the size alone.
+        let (data, meta) = match store.get_with_meta(key, range.clone()).await {
+            Err(Error::InvalidRange { .. }) => {
+                let size = store.size(key).await.map_err(store_error)?;
+                return Err(s3_error!(
+                    InvalidRange,
+                    "the range is past the end of the object ({} bytes)",
+                    size.unwrap_or(0)
+                ));
             }
+            other => other
+                .map_err(store_error)?
+                .ok_or_else(|| s3_error!(NoSuchKey))?,
+        };
+        let (content_range, size) = match &input.range {
+            None => (None, data.len() as u64),
             Some(range) => {
-                // The size (for Content-Range) and the bytes, at once.
-                let (size, data) =
-                    futures::join!(store.size(key), store.get(key, Some(to_byte_range(range))));
-                let size = size
-                    .map_err(store_error)?
-                    .ok_or_else(|| s3_error!(NoSuchKey))?;
+                let size = match meta.size {
+                    Some(size) => size,
+                    None => store
+                        .size(key)
+                        .await
+                        .map_err(store_error)?
+                        .ok_or_else(|| s3_error!(NoSuchKey))?,
+                };
                 // As on S3: any range of an empty object, or one starting past the end, is
                 // unsatisfiable.
                 let want =
                     range.check(size).ok().filter(|_| size > 0).ok_or_else(|| {
                         s3_error!(InvalidRange, "the object is {size} bytes long")
                     })?;
-                let data = data
-                    .map_err(store_error)?
-                    .ok_or_else(|| s3_error!(NoSuchKey))?;
                 if data.len() as u64 != want.end - want.start {
                     return Err(s3_error!(
                         InternalError,
                         "the object changed while it was read"
                     ));
                 }
-                let content_range = format!("bytes {}-{}/{size}", want.start, want.end - 1);
-                (data, Some(content_range), size)
+                (
+                    Some(format!("bytes {}-{}/{size}", want.start, want.end - 1)),
+                    size,
+                )
             }
         };
         let len = data.len() as u64;
@@ -113,7 +128,7 @@ impl S3 for StoreS3 {
             content_length: Some(length(len)?),
             content_range,
             accept_ranges: Some("bytes".to_owned()),
-            e_tag: etag(size),
+            e_tag: etag(&meta, size),
             last_modified: Some(Timestamp::from(SystemTime::UNIX_EPOCH)),
             ..GetObjectOutput::default()
         };
@@ -126,15 +141,25 @@ impl S3 for StoreS3 {
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
         let store = self.store(&input.bucket, &input.key)?;
-        let size = store
-            .size(&input.key)
+        // A one-byte read reports the size and the version at the cost of a HEAD.
+        let first = store
+            .get_with_meta(&input.key, Some(ByteRange::Bounded(0..1)))
             .await
             .map_err(store_error)?
             .ok_or_else(|| s3_error!(NoSuchKey))?;
+        let meta = first.1;
+        let size = match meta.size {
+            Some(size) => size,
+            None => store
+                .size(&input.key)
+                .await
+                .map_err(store_error)?
+                .ok_or_else(|| s3_error!(NoSuchKey))?,
+        };
         let output = HeadObjectOutput {
             content_length: Some(length(size)?),
             accept_ranges: Some("bytes".to_owned()),
-            e_tag: etag(size),
+            e_tag: etag(&meta, size),
             last_modified: Some(Timestamp::from(SystemTime::UNIX_EPOCH)),
             ..HeadObjectOutput::default()
         };
