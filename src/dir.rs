@@ -4,17 +4,24 @@
 use std::fmt;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use cap_std::fs::Dir;
+use futures::stream::{self, StreamExt};
 
-use crate::store::ObjectMeta;
-use crate::{ByteRange, Error, IoBudget, Result, Store};
+use crate::store::{GetManyItem, GetManyStream, ObjectMeta};
+use crate::{ByteRange, Error, IoBudget, Request, Result, Store};
 
 const STORE: &str = "DirStore";
+
+/// A `get_many` batch ends once it has read this many bytes...
+pub const BATCH_BYTES: u64 = 1 << 20;
+/// ...or this many files.
+pub const BATCH_FILES: usize = 64;
 
 /// A local directory as a [`Store`]: the key `a/b` is the file `ROOT/a/b`.
 ///
@@ -28,6 +35,12 @@ const STORE: &str = "DirStore";
 /// Reads run on tokio's blocking pool; a range is clipped to the file's real size before
 /// any buffer is allocated, so a request can never make the store allocate more than the
 /// file holds. Directories and missing files read as `Ok(None)`.
+///
+/// `get_many` reads in batches: one blocking task reads files one after another until it
+/// holds [`BATCH_BYTES`] or [`BATCH_FILES`] of them, then hands them over, so small files
+/// cost a blocking-pool hop per batch instead of per file. Up to the budget's limit of batches
+/// run at once, on a task of their own (reads finish and free their permits while the
+/// consumer is paused); dropping the stream stops them at the end of their batch.
 ///
 /// ```
 /// use getmany::{DirStore, Store};
@@ -93,10 +106,54 @@ impl DirStore {
         check_key(key)?;
         let root = self.root.clone();
         self.budget
-            .run(tokio::task::spawn_blocking(move || work(&root)))
+            .run(async move { tokio::task::spawn_blocking(move || work(&root)).await })
             .await
             .map_err(|e| Error::backend(STORE, key, e))?
     }
+}
+
+type Queue = Mutex<std::iter::Enumerate<std::vec::IntoIter<Request>>>;
+
+fn lock(
+    queue: &Queue,
+) -> std::sync::MutexGuard<'_, std::iter::Enumerate<std::vec::IntoIter<Request>>> {
+    queue.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Reads requests from `queue` until the batch holds [`BATCH_BYTES`] or [`BATCH_FILES`].
+fn read_batch(root: &Dir, queue: &Queue) -> Vec<GetManyItem> {
+    let mut answers = Vec::new();
+    let mut bytes = 0u64;
+    while answers.len() < BATCH_FILES && bytes < BATCH_BYTES {
+        let Some((index, request)) = lock(queue).next() else {
+            break;
+        };
+        let answer = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            read_one(root, &request.key, request.range.clone())
+        }))
+        .unwrap_or_else(|_| {
+            Err(Error::backend(
+                STORE,
+                request.key.as_str(),
+                io::Error::other("the read panicked"),
+            ))
+        });
+        if let Ok(Some(data)) = &answer {
+            bytes += data.len() as u64;
+        }
+        answers.push((index, answer));
+    }
+    answers
+}
+
+/// One read on the blocking pool: the bytes and what the file said about itself.
+fn read_one(root: &Dir, key: &str, range: Option<ByteRange>) -> Result<Option<Bytes>> {
+    check_key(key)?;
+    check_range(key, range.as_ref())?;
+    let Some((file, meta)) = open(root, key)? else {
+        return Ok(None);
+    };
+    read_range(key, &file, meta.len(), range).map(Some)
 }
 
 /// Refuses keys that are not plain relative paths.
@@ -150,6 +207,19 @@ fn not_found_or<T>(key: &str, e: io::Error) -> Result<Option<T>> {
                 .to_owned(),
         }),
         _ => Err(Error::backend(STORE, key, e)),
+    }
+}
+
+/// Refuses a range no object can satisfy, before the key is looked up: such a range is an
+/// error even for a missing key.
+fn check_range(key: &str, range: Option<&ByteRange>) -> Result<()> {
+    match range.and_then(|r| r.invalid_reason().map(|why| (r, why))) {
+        Some((range, reason)) => Err(Error::InvalidRange {
+            key: key.to_owned(),
+            range: range.clone(),
+            reason: reason.to_owned(),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -209,6 +279,7 @@ impl Store for DirStore {
         range: Option<ByteRange>,
     ) -> Result<Option<(Bytes, ObjectMeta)>> {
         let owned = key.to_owned();
+        check_range(key, range.as_ref())?;
         self.blocking(key, move |root| {
             let Some((file, meta)) = open(root, &owned)? else {
                 return Ok(None);
@@ -221,6 +292,39 @@ impl Store for DirStore {
             Ok(Some((bytes, meta)))
         })
         .await
+    }
+
+    fn get_many(&self, requests: Vec<Request>) -> GetManyStream<'_> {
+        if requests.is_empty() {
+            return stream::empty().boxed();
+        }
+        let limit = self.budget.limit();
+        let queue = Arc::new(Mutex::new(requests.into_iter().enumerate()));
+        let root = self.root.clone();
+        let budget = self.budget.clone();
+        // One batch future per poll while requests are left; a batch that finds the queue
+        // already drained by the others answers nothing.
+        let batches = stream::unfold(queue, move |queue| {
+            let left = lock(&queue).len();
+            let batch = (left > 0).then(|| {
+                let (queue_for_batch, root, budget) = (queue.clone(), root.clone(), budget.clone());
+                async move {
+                    // The blocking task starts inside the budget, not before it.
+                    let work = async move {
+                        tokio::task::spawn_blocking(move || read_batch(&root, &queue_for_batch))
+                            .await
+                    };
+                    match budget.run(work).await {
+                        Ok(answers) => answers,
+                        // read_batch catches a panic per read; a join error is a runtime
+                        // shutting down, when there is no one left to answer.
+                        Err(_) => Vec::new(),
+                    }
+                }
+            });
+            futures::future::ready(batch.map(|b| (b, queue)))
+        });
+        crate::task::drive(batches, limit)
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>> {

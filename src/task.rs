@@ -49,13 +49,20 @@ where
                 // The slot first, then the read: a read that has started can always deliver
                 // its answers, so it never waits on the consumer while it holds a permit.
                 // No slot means the consumer is gone: nothing to read for.
-                if let Ok(slot) = slot.await {
-                    slot.send(read.await);
+                match slot.await {
+                    Ok(slot) => {
+                        slot.send(read.await);
+                        true
+                    }
+                    Err(_) => false,
                 }
             }
         })
         .buffer_unordered(limit)
-        .for_each(|()| async {});
+        // Once the consumer is gone, start nothing more: a read stream that makes its reads
+        // as it goes (DirStore's batches) would otherwise spin on reads that end at once.
+        .take_while(|&delivered| futures::future::ready(delivered))
+        .for_each(|_| async {});
     let task = AbortOnDrop(runtime.spawn(crate::limit::carry_held(driver)));
     let delivered = stream::poll_fn(move |cx| answers.poll_recv(cx)).flat_map(stream::iter);
     // The channel closes when the task ends; the task's end says whether it ended well.
