@@ -43,6 +43,18 @@ impl Server {
         self.check(after, true)
     }
 
+    /// The answer to a request, or (if there is none) a failure naming how the server
+    /// ended, if it did.
+    fn answered<T>(&mut self, what: &str, answer: Result<T, reqwest::Error>) -> T {
+        match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.assert_alive_after_error(what);
+                panic!("{what}: no answer: {e}");
+            }
+        }
+    }
+
     fn check(&mut self, after: &str, wait: bool) {
         for _ in 0..if wait { 50 } else { 0 } {
             if !matches!(self.0.try_wait(), Ok(None)) {
@@ -171,13 +183,7 @@ fn check_moss(
     answer: Result<(u16, Vec<u8>), reqwest::Error>,
     want: Option<&[u8]>,
 ) {
-    let (status, body) = match answer {
-        Ok(answer) => answer,
-        Err(e) => {
-            server.assert_alive_after_error(what);
-            panic!("{what}: no answer: {e}");
-        }
-    };
+    let (status, body) = server.answered(what, answer);
     if (400..500).contains(&status) {
         return;
     }
@@ -258,12 +264,8 @@ async fn serve_under_a_memory_limit_answers_huge_ranges_and_stays_up() {
             .get(format!("{url}/data/small.txt"))
             .header("range", range)
             .send()
-            .await
-            .map_err(|e| {
-                server.assert_alive_after_error(&what);
-                e
-            })
-            .unwrap_or_else(|e| panic!("{what}: no answer: {e}"));
+            .await;
+        let response = server.answered(&what, response);
         let status = response.status().as_u16();
         let body = response.bytes().await.unwrap();
         if !(400..500).contains(&status) {
@@ -280,12 +282,8 @@ async fn serve_under_a_memory_limit_answers_huge_ranges_and_stays_up() {
         .header("x-tigris-bundle-format", "tar")
         .body(serde_json::json!({"keys": ["small.txt"]}).to_string())
         .send()
-        .await
-        .map_err(|e| {
-            server.assert_alive_after_error(what);
-            e
-        })
-        .unwrap_or_else(|e| panic!("{what}: no answer: {e}"));
+        .await;
+    let response = server.answered(what, response);
     assert_eq!(response.status(), 200, "{what}");
     let members = tar_members(&response.bytes().await.unwrap());
     assert_eq!(members.len(), 1, "{what}");
