@@ -86,19 +86,116 @@ pub struct PlannedRead {
     pub key: String,
     /// The range to read; `None` for the whole object.
     pub range: Option<ByteRange>,
-    /// For a split read, the parts fetched separately (consecutive, covering `range`);
-    /// empty when the read is fetched in one piece.
-    pub parts: Vec<Range<u64>>,
+    /// For a split read (a bounded `range` longer than the policy's `split_size`), the
+    /// length of its parts; `None` when the read is fetched in one piece. The parts are
+    /// [`parts`](PlannedRead::parts), generated on demand: a range may ask for far more
+    /// than any object holds (`0..u64::MAX`), so they are never listed up front.
+    pub part_len: Option<u64>,
     /// The indices of the requests this read answers.
     pub serves: Vec<usize>,
 }
 
 impl PlannedRead {
-    /// How many backend requests this read costs.
+    /// The parts of a split read, as planned from the requested range (consecutive,
+    /// covering it); empty when the read is fetched in one piece. Lazy: `execute` fetches
+    /// only those the object turns out to hold (see [`UNSIZED_SPLIT_BYTES`]).
+    pub fn parts(&self) -> Parts {
+        match (&self.range, self.part_len) {
+            (Some(ByteRange::Bounded(r)), Some(len)) if len > 0 => Parts {
+                next: r.start,
+                end: r.end,
+                len,
+            },
+            _ => Parts {
+                next: 0,
+                end: 0,
+                len: 1,
+            },
+        }
+    }
+
+    /// How many parts the requested range is split into (0: not split). An upper bound
+    /// on what [`execute`] fetches: parts past the end of the object are not fetched.
+    pub fn part_count(&self) -> u64 {
+        let parts = self.parts();
+        (parts.end - parts.next).div_ceil(parts.len)
+    }
+
+    /// How many backend requests this read costs at most (saturating).
     pub fn requests(&self) -> usize {
-        self.parts.len().max(1)
+        usize::try_from(self.part_count())
+            .unwrap_or(usize::MAX)
+            .max(1)
     }
 }
+
+/// The parts of a split read, generated one at a time (see [`PlannedRead::parts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parts {
+    next: u64,
+    end: u64,
+    len: u64,
+}
+
+impl Iterator for Parts {
+    type Item = Range<u64>;
+
+    fn next(&mut self) -> Option<Range<u64>> {
+        if self.next >= self.end {
+            return None;
+        }
+        let part = self.next..self.next.saturating_add(self.len).min(self.end);
+        self.next = part.end;
+        Some(part)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = (self.end.saturating_sub(self.next)).div_ceil(self.len);
+        match usize::try_from(n) {
+            Ok(n) => (n, Some(n)),
+            Err(_) => (usize::MAX, None),
+        }
+    }
+
+    fn nth(&mut self, n: usize) -> Option<Range<u64>> {
+        // O(1): a huge range has more parts than can be stepped through.
+        let skip = (n as u64).checked_mul(self.len);
+        match skip.and_then(|skip| self.next.checked_add(skip)) {
+            Some(next) => self.next = next,
+            None => self.next = self.end,
+        }
+        self.next()
+    }
+
+    fn last(self) -> Option<Range<u64>> {
+        if self.next >= self.end {
+            return None;
+        }
+        let n = (self.end - self.next).div_ceil(self.len);
+        let start = self.next + (n - 1) * self.len;
+        Some(start..self.end)
+    }
+}
+
+/// How far past the start of a split read its parts are requested before the object's
+/// size is known: the parts starting within this many bytes (and at most
+/// [`UNSIZED_SPLIT_PARTS`] of them; always the first) go out at once; the rest only once a
+/// part's answer reveals the size (`Fetched::object_size`), clipped to it, or (for a
+/// backend that reports no size) once the parts before them came back full. So a range
+/// far larger than its object costs a few part requests, not a number proportional to its
+/// length, and nothing is allocated from its length.
+///
+/// The choice: a read up to this size and count (4 parts at the default 64 MiB
+/// `split_size`) is fetched in one round, all parts at once, as before; a longer one has
+/// the parts beyond it requested as soon as the first part comes back (backends that
+/// report the size, as `ObjectStoreStore` does, tell it with every part), while the first
+/// ones still stream, so an honest large read pays no extra round trip before its first
+/// bytes, only a later start for its tail.
+pub const UNSIZED_SPLIT_BYTES: u64 = 256 << 20;
+
+/// The most parts of one split read in flight before the object's size is known (see
+/// [`UNSIZED_SPLIT_BYTES`]); binds only with a `split_size` under 16 MiB.
+pub const UNSIZED_SPLIT_PARTS: usize = 16;
 
 /// What a plan will cost, known before any I/O.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -165,7 +262,8 @@ pub fn plan(requests: &[Request], policy: &CoalescePolicy) -> Plan {
                 continue;
             }
             if let Some(len) = range.requested_len() {
-                out.stats.bytes_requested += len;
+                // Saturating: requested lengths may add up past u64::MAX.
+                out.stats.bytes_requested = out.stats.bytes_requested.saturating_add(len);
             }
         }
         let g = *group_of.entry(request.key.as_str()).or_insert_with(|| {
@@ -184,18 +282,22 @@ pub fn plan(requests: &[Request], policy: &CoalescePolicy) -> Plan {
         if let Some(ByteRange::Bounded(r)) = &read.range {
             let len = r.end - r.start;
             if len > policy.split_size && policy.split_size > 0 {
+                // Parts of equal length (the last may be shorter), at most `split_size`.
                 let n = len.div_ceil(policy.split_size);
-                let part = len.div_ceil(n);
-                read.parts = (0..n)
-                    .map(|i| r.start + i * part..(r.start + (i + 1) * part).min(r.end))
-                    .collect();
+                read.part_len = Some(len.div_ceil(n));
             }
         }
+        // Saturating: the counts are upper bounds of what the requests ask for, which may
+        // be far more than the objects hold.
         out.stats.reads += 1;
-        out.stats.backend_requests += read.requests();
+        out.stats.backend_requests = out.stats.backend_requests.saturating_add(read.requests());
         match &read.range {
-            Some(ByteRange::Bounded(r)) => out.stats.bytes_planned += r.end - r.start,
-            Some(ByteRange::Suffix(n)) => out.stats.bytes_planned += n,
+            Some(ByteRange::Bounded(r)) => {
+                out.stats.bytes_planned = out.stats.bytes_planned.saturating_add(r.end - r.start)
+            }
+            Some(ByteRange::Suffix(n)) => {
+                out.stats.bytes_planned = out.stats.bytes_planned.saturating_add(*n)
+            }
             _ => out.stats.unbounded_reads += 1,
         }
     }
@@ -212,7 +314,7 @@ fn plan_key(
     let read = |range: Option<ByteRange>, serves: Vec<usize>| PlannedRead {
         key: key.to_string(),
         range,
-        parts: Vec::new(),
+        part_len: None,
         serves,
     };
     let mut whole = Vec::new();
@@ -466,7 +568,7 @@ where
             key = %planned.key,
             range = ?planned.range,
             requests = planned.serves.len(),
-            parts = planned.parts.len(),
+            parts = planned.part_count(),
         );
         async move {
             let result = fetch_read(&planned, &budget, &*read).await;
@@ -501,42 +603,159 @@ where
     F: Fn(String, Option<ByteRange>) -> Fut,
     Fut: Future<Output = Result<Option<Fetched>>>,
 {
-    if planned.parts.is_empty() {
-        return budget
-            .run(read(planned.key.clone(), planned.range.clone()))
-            .await;
-    }
-    let parts = futures::future::join_all(planned.parts.iter().map(|part| {
-        budget.run(read(
-            planned.key.clone(),
-            Some(ByteRange::Bounded(part.clone())),
-        ))
-    }))
-    .await;
-    let total: u64 = planned.parts.iter().map(|p| p.end - p.start).sum();
-    let mut buffer = BytesMut::with_capacity(total as usize);
-    let mut object_size = None;
-    for (part, result) in planned.parts.iter().zip(parts) {
-        match result {
-            Ok(None) => return Ok(None),
-            Ok(Some(f)) => {
-                object_size = object_size.or(f.object_size);
-                let short = (f.bytes.len() as u64) < part.end - part.start;
-                buffer.extend_from_slice(&f.bytes);
-                if short {
-                    // The object ended inside this part; later parts start past its end.
-                    break;
-                }
-            }
-            // A part after the end of an object that ended exactly on a part boundary.
-            Err(Error::InvalidRange { .. }) if !buffer.is_empty() => break,
-            Err(e) => return Err(e),
+    match (&planned.range, planned.part_len) {
+        (Some(ByteRange::Bounded(range)), Some(part_len)) if part_len > 0 => {
+            fetch_parts(&planned.key, range.clone(), part_len, budget, read).await
+        }
+        _ => {
+            budget
+                .run(read(planned.key.clone(), planned.range.clone()))
+                .await
         }
     }
-    Ok(Some(Fetched {
-        bytes: buffer.freeze(),
-        object_size,
-    }))
+}
+
+/// Fetches a split read part by part and reassembles it.
+///
+/// Parts are requested lazily (see [`UNSIZED_SPLIT_BYTES`]), at most `budget.limit()` at a
+/// time, and clipped to the object once a part reveals its size; answers are appended in
+/// order as they arrive, into a buffer sized from the bytes the object holds (never from
+/// the requested length). The outcome is that of reading the parts in order: the first
+/// `None` or error ends the read, except that a part at or past the end of the object
+/// (after one that came back short, or failing with a range error after bytes were read)
+/// just ends it there.
+async fn fetch_parts<F, Fut>(
+    key: &str,
+    range: Range<u64>,
+    part_len: u64,
+    budget: &IoBudget,
+    read: &F,
+) -> Result<Option<Fetched>>
+where
+    F: Fn(String, Option<ByteRange>) -> Fut,
+    Fut: Future<Output = Result<Option<Fetched>>>,
+{
+    use futures::stream::FuturesUnordered;
+    use std::collections::BTreeMap;
+
+    let start = range.start;
+    // Where the read ends: the requested end, lowered as the object's end becomes known.
+    let mut end = range.end;
+    let mut object_size: Option<u64> = None;
+    // Every byte before this is known to exist (parts up to here came back full).
+    let mut confirmed = start;
+    // The start of the next part to request.
+    let mut next = start;
+    let window = budget.limit().max(1);
+    let mut in_flight = FuturesUnordered::new();
+    // Answers that arrived before the parts ahead of them, by part start.
+    let mut arrived: BTreeMap<u64, (Range<u64>, Result<Option<Fetched>>)> = BTreeMap::new();
+    // The bytes so far: the first part's own buffer while it is the only one, then a
+    // buffer sized for the whole (clipped) read once it is known.
+    let mut first: Option<Bytes> = None;
+    let mut buffer = BytesMut::new();
+    // The end of the bytes appended so far.
+    let mut assembled = start;
+
+    'read: loop {
+        // Append, in order, the answers that are here.
+        while let Some((part, result)) = arrived.remove(&assembled) {
+            match result {
+                Ok(None) => return Ok(None),
+                Ok(Some(fetched)) => {
+                    let len = fetched.bytes.len() as u64;
+                    if len > part.end - part.start {
+                        return Err(Error::InvalidData {
+                            key: key.to_string(),
+                            reason: format!(
+                                "the backend returned {len} bytes for a part of {} bytes",
+                                part.end - part.start
+                            ),
+                        });
+                    }
+                    let short = len < part.end - part.start;
+                    assembled += len;
+                    if first.is_none() && buffer.is_empty() {
+                        first = Some(fetched.bytes);
+                    } else {
+                        if let Some(first) = first.take() {
+                            // One buffer for the whole read, sized from the object's size
+                            // when the backend reported it (`end` is clipped to it), never
+                            // from the requested length; else grown as the parts arrive.
+                            if object_size.is_some()
+                                && let Ok(total) = usize::try_from(end - start)
+                            {
+                                buffer.reserve(total);
+                            }
+                            buffer.extend_from_slice(&first);
+                        }
+                        buffer.extend_from_slice(&fetched.bytes);
+                    }
+                    if short {
+                        // The object ended inside this part; later parts start past its end.
+                        break 'read;
+                    }
+                }
+                // A part after the end of an object that ended exactly on a part boundary.
+                Err(Error::InvalidRange { .. }) if assembled > start => break 'read,
+                Err(e) => return Err(e),
+            }
+        }
+        if assembled >= end {
+            break;
+        }
+        // Request more parts: all of them once the end is known (a budget's worth at a
+        // time), else the first, and those within `UNSIZED_SPLIT_BYTES` of what is known
+        // to exist, `UNSIZED_SPLIT_PARTS` at a time.
+        while next < end
+            && in_flight.len() < window
+            && (object_size.is_some()
+                || next == start
+                || (next - confirmed < UNSIZED_SPLIT_BYTES
+                    && in_flight.len() < UNSIZED_SPLIT_PARTS))
+        {
+            let part = next..next.saturating_add(part_len).min(end);
+            next = part.end;
+            let fetch = budget.run(read(
+                key.to_string(),
+                Some(ByteRange::Bounded(part.clone())),
+            ));
+            in_flight.push(async move { (part, fetch.await) });
+        }
+        let Some((part, result)) = in_flight.next().await else {
+            // Nothing in flight and nothing to assemble: every part came back.
+            break;
+        };
+        if part.start >= end {
+            // Past the end of the object, as learnt since it was requested.
+            continue;
+        }
+        match &result {
+            Ok(Some(fetched)) => {
+                if let Some(size) = fetched.object_size
+                    && object_size.is_none()
+                {
+                    object_size = Some(size);
+                    end = end.min(size.max(start));
+                }
+                let len = fetched.bytes.len() as u64;
+                if len < part.end - part.start {
+                    end = end.min(part.start + len);
+                } else {
+                    confirmed = confirmed.max(part.end);
+                }
+            }
+            // The object ends at or before this part (a part after the first one).
+            Err(Error::InvalidRange { .. }) if part.start > start => end = end.min(part.start),
+            _ => {}
+        }
+        arrived.insert(part.start, (part, result));
+    }
+    let bytes = match first {
+        Some(first) => first,
+        None => buffer.freeze(),
+    };
+    Ok(Some(Fetched { bytes, object_size }))
 }
 
 #[cfg(test)]
@@ -607,7 +826,7 @@ mod tests {
             },
         );
         assert_eq!(
-            p.reads[0].parts,
+            p.reads[0].parts().collect::<Vec<_>>(),
             vec![0..250, 250..500, 500..750, 750..1000]
         );
         assert_eq!(p.stats.backend_requests, 4);
@@ -681,6 +900,148 @@ mod tests {
             tiny_buffer.as_ptr(),
             "small buffers are never copied"
         );
+    }
+
+    /// A backend over one object that counts the reads asked of it, the parts started
+    /// before the first one finished, and reports the object's size or not.
+    #[derive(Clone)]
+    struct Counted {
+        data: Bytes,
+        report_size: bool,
+        reads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        started: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        seen_at_first_finish: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        wait_for: usize,
+    }
+
+    impl Counted {
+        fn new(len: usize, report_size: bool, wait_for: usize) -> Self {
+            Counted {
+                data: Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>()),
+                report_size,
+                reads: Default::default(),
+                started: Default::default(),
+                seen_at_first_finish: Default::default(),
+                wait_for,
+            }
+        }
+
+        fn read(
+            &self,
+            range: Option<ByteRange>,
+        ) -> impl Future<Output = Result<Option<Fetched>>> + Send + use<> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let this = self.clone();
+            async move {
+                this.reads.fetch_add(1, SeqCst);
+                this.started.fetch_add(1, SeqCst);
+                // Give the other parts a chance to start before this one finishes (bounded:
+                // a plan that holds them back must not hang the test).
+                for _ in 0..1_000 {
+                    if this.started.load(SeqCst) >= this.wait_for {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                let _ = this.seen_at_first_finish.compare_exchange(
+                    0,
+                    this.started.load(SeqCst),
+                    SeqCst,
+                    SeqCst,
+                );
+                let bytes = crate::slice_object("k", &this.data, range)?;
+                Ok(Some(Fetched {
+                    bytes,
+                    object_size: this.report_size.then_some(this.data.len() as u64),
+                }))
+            }
+        }
+    }
+
+    fn run_one(backend: &Counted, request: Request, policy: &CoalescePolicy) -> Result<Bytes> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let plan = plan(std::slice::from_ref(&request), policy);
+        let budget = IoBudget::new(16);
+        let backend = backend.clone();
+        let mut answers: Vec<GetManyItem> = rt.block_on(
+            execute(vec![request], plan, &budget, move |_, range| {
+                backend.read(range)
+            })
+            .collect(),
+        );
+        assert_eq!(answers.len(), 1);
+        answers.pop().unwrap().1.map(|b| b.unwrap())
+    }
+
+    #[test]
+    fn a_huge_range_is_planned_lazily_and_fetches_only_what_the_object_holds() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let policy = CoalescePolicy {
+            split_size: 1_000,
+            ..CoalescePolicy::default()
+        };
+        let p = plan(&[b("k", 1..u64::MAX)], &policy);
+        assert_eq!(p.reads[0].part_len, Some(1_000));
+        assert_eq!(p.reads[0].part_count(), (u64::MAX - 1).div_ceil(1_000));
+        assert_eq!(p.stats.backend_requests, p.reads[0].requests());
+        let mut parts = p.reads[0].parts();
+        assert_eq!(parts.next(), Some(1..1_001));
+        assert_eq!(parts.nth(1), Some(2_001..3_001));
+        // 1..u64::MAX is u64::MAX - 1 bytes: parts start at 1 + 1,000 k.
+        let last_start = 1 + (u64::MAX - 2) / 1_000 * 1_000;
+        assert_eq!(p.reads[0].parts().last(), Some(last_start..u64::MAX));
+        let mut small = plan(
+            &[b("k", 0..1000)],
+            &CoalescePolicy {
+                split_size: 300,
+                ..CoalescePolicy::default()
+            },
+        )
+        .reads[0]
+            .parts();
+        assert_eq!(small.size_hint(), (4, Some(4)));
+        assert_eq!(small.clone().last(), Some(750..1000));
+        assert_eq!(small.nth(3), Some(750..1000));
+        assert_eq!(small.next(), None);
+
+        for report_size in [true, false] {
+            let backend = Counted::new(10_000, report_size, 0);
+            let got = run_one(&backend, b("k", 1..u64::MAX), &policy).unwrap();
+            assert_eq!(got, backend.data.slice(1..), "report_size {report_size}");
+            // 10 parts hold the object; before its end is known at most
+            // `UNSIZED_SPLIT_PARTS` are in flight.
+            let reads = backend.reads.load(SeqCst);
+            assert!(
+                reads <= 10 + UNSIZED_SPLIT_PARTS,
+                "report_size {report_size}: {reads} reads"
+            );
+        }
+        // A start past the end of the object is an error for the request, as with `get`.
+        let backend = Counted::new(10_000, true, 0);
+        let err = run_one(&backend, b("k", 20_000..u64::MAX), &policy).unwrap_err();
+        assert!(matches!(err, Error::InvalidRange { .. }), "{err}");
+        // An object that ends on a part boundary.
+        let backend = Counted::new(3_000, false, 0);
+        let got = run_one(&backend, b("k", 0..1 << 40), &policy).unwrap();
+        assert_eq!(got, backend.data);
+    }
+
+    #[test]
+    fn an_honest_split_read_requests_all_its_parts_at_once() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let policy = CoalescePolicy {
+            split_size: 1_000,
+            ..CoalescePolicy::default()
+        };
+        // 10 parts, all within the object: all are started before any finishes.
+        let backend = Counted::new(20_000, true, 10);
+        let got = run_one(&backend, b("k", 5_000..15_000), &policy).unwrap();
+        assert_eq!(got, backend.data.slice(5_000..15_000));
+        assert_eq!(backend.reads.load(SeqCst), 10);
+        assert_eq!(backend.seen_at_first_finish.load(SeqCst), 10);
     }
 
     #[test]

@@ -34,8 +34,10 @@ const STORE: &str = "object_store";
 /// A missing object reads as `None`. An error fails only the requests its read served.
 ///
 /// Memory: at most `budget.limit()` reads of a call are in flight, each holding one buffer
-/// of at most `max_merged` bytes (or one request's own length, if larger); the plan itself
-/// is O(requests). Answers are yielded as their read completes, never held for the batch.
+/// of at most `max_merged` bytes (or, for a longer request, what the object holds of it:
+/// no buffer is sized from a requested length, and a split read's parts past the end of
+/// the object are not fetched, see [`coalesce::UNSIZED_SPLIT_BYTES`]); the plan itself is
+/// O(requests). Answers are yielded as their read completes, never held for the batch.
 ///
 /// # Example
 ///

@@ -782,7 +782,9 @@ impl<S: Store> ArchiveStore<S> {
                         .await
                         .map_err(|e| for_member(&e, &key))?
                         .unwrap_or_default();
-                    let mut joined = BytesMut::with_capacity((to - member.offset) as usize);
+                    // Sized from the bytes in hand (the rest may be short if the archive
+                    // changed), not from the member's declared extent.
+                    let mut joined = BytesMut::with_capacity(read.len() + rest.len());
                     joined.extend_from_slice(&read);
                     joined.extend_from_slice(&rest);
                     joined.freeze()

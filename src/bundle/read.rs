@@ -4,7 +4,8 @@
 //! Header fields and checksums are parsed by `astral-tokio-tar`'s [`Header`]; the framing
 //! (512-byte blocks, data, padding) and the extension headers (PAX records, GNU long names)
 //! are read here, straight from the chunks, so that every allocation is checked against a
-//! cap before it is made and a member is copied once, into a buffer of its declared size.
+//! cap before it is made and a member is copied once, into a buffer of its declared size
+//! (for a member over [`MAX_UPFRONT_BYTES`], a buffer grown to it as its bytes arrive).
 //!
 //! Why not the crate's `Archive`: per entry it zeroes a 32 KiB buffer (to skip padding, even
 //! when there is none), takes a mutex per read and copies the data through an `AsyncRead`;
@@ -19,13 +20,21 @@
 use std::collections::HashMap;
 use std::io;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio_tar::Header;
 
 /// The most bytes of PAX records or of a GNU long name accepted for one member.
 const MAX_EXTENSION_BYTES: u64 = 1 << 20;
+
+/// The most bytes allocated for a member before they arrive. A header's size field comes
+/// from the server (and is only checked against `max_member_bytes`, 1 GiB by default): a
+/// larger member's buffer starts at this size and doubles as its bytes arrive, never past
+/// the declared size, so a stream that declares 1 GiB and ends after a few bytes costs
+/// 1 MiB, not 1 GiB. Members up to this size (the objects bundles are for) are still
+/// allocated once, at their size.
+const MAX_UPFRONT_BYTES: usize = 1 << 20;
 
 /// A completion-order member's group name: `getmany:<request index>`.
 const INDEX_PREFIX: &[u8] = b"getmany:";
@@ -160,11 +169,12 @@ impl TarMembers {
         Ok(Some(block))
     }
 
-    /// Reads exactly `size` bytes into one buffer allocated once, at that size: the caller
-    /// has checked `size` against its cap. `what` names the bytes in an error.
+    /// Reads exactly `size` bytes into one buffer: allocated once at that size if it is at
+    /// most [`MAX_UPFRONT_BYTES`], else grown to it (doubling) as the bytes arrive. The
+    /// caller has checked `size` against its cap. `what` names the bytes in an error.
     async fn read_exactly(&mut self, size: u64, what: impl Fn() -> String) -> io::Result<Bytes> {
         let len = usize::try_from(size).map_err(|_| invalid(format!("{} is too large", what())))?;
-        let mut buf = BytesMut::with_capacity(len);
+        let mut buf: Vec<u8> = Vec::with_capacity(len.min(MAX_UPFRONT_BYTES));
         while buf.len() < len {
             if !self.fill().await? {
                 return Err(cut_short(format!(
@@ -174,10 +184,16 @@ impl TarMembers {
                 )));
             }
             let n = (len - buf.len()).min(self.current.len());
+            if buf.capacity() - buf.len() < n {
+                // Double, but never past the declared size (so the buffer ends exactly full
+                // and becomes `Bytes` without a copy).
+                let want = buf.capacity().saturating_mul(2).max(buf.len() + n).min(len);
+                buf.reserve_exact(want - buf.len());
+            }
             buf.extend_from_slice(&self.current[..n]);
             self.current.advance(n);
         }
-        Ok(buf.freeze())
+        Ok(Bytes::from(buf))
     }
 
     /// Skips `size` bytes.
@@ -454,6 +470,30 @@ mod tests {
         sparse[156] = b'S';
         fix_checksum(&mut sparse, 0);
         assert!(error_of(&sparse, 1 << 20).contains("sparse"));
+    }
+
+    #[test]
+    fn large_members_grow_as_they_arrive() {
+        // Over the up-front allocation: the buffer grows to exactly the member.
+        let size = 3 * MAX_UPFRONT_BYTES + 123;
+        let bytes = one_file(size);
+        for chunk in [4096, 100_000, bytes.len()] {
+            let members = members_of(&bytes, chunk, 1 << 30).unwrap();
+            assert_eq!(members[0].data, content(0, size), "chunks of {chunk}");
+        }
+        // A header that declares 900 MiB (under the cap) and a stream that ends after a
+        // few bytes: a cut-short error, after allocating at most `MAX_UPFRONT_BYTES` (a
+        // buffer of the declared size is never made).
+        let mut liar = bytes[..BLOCK + 1000].to_vec();
+        let mut header = tar::Header::from_byte_slice(&liar[..BLOCK]).clone();
+        header.set_size(900 << 20);
+        header.set_cksum();
+        liar[..BLOCK].copy_from_slice(header.as_bytes());
+        let message = error_of(&liar, 1 << 30);
+        assert!(
+            message.contains("ended after 1000 of 943718400 bytes"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -16,6 +16,8 @@ use super::read::{Chunks, TarMember, TarMembers};
 use super::{BundleCompression, BundleProtocol, STORE, WireEntry};
 use crate::{ByteRange, Error, Result};
 
+/// The largest `start` or `length` a GetBatch entry carries (they are int64).
+const I64_MAX: u64 = i64::MAX as u64;
 /// The last member of a Tigris bundle in skip mode.
 const ERRORS_MEMBER: &str = "__bundle_errors.json";
 /// The directory of AIStore's placeholders for failed entries.
@@ -110,13 +112,19 @@ impl Wire {
             BundleProtocol::AiStore => {
                 let entries: Vec<serde_json::Value> = entries
                     .iter()
+                    // GetBatch's `start` and `length` are int64: offsets and lengths past
+                    // i64::MAX are sent as i64::MAX. No object reaches 2^63 bytes, so the
+                    // answer is the same: a range starting there is past the end of any
+                    // object, and a length reaching past it is clipped at the object's end.
                     .map(|e| match &e.range {
                         None => serde_json::json!({ "objname": e.key }),
                         Some(ByteRange::Bounded(r)) => serde_json::json!({
-                            "objname": e.key, "start": r.start, "length": r.end - r.start
+                            "objname": e.key,
+                            "start": r.start.min(I64_MAX),
+                            "length": (r.end - r.start).min(I64_MAX),
                         }),
                         Some(ByteRange::Offset(s)) => serde_json::json!({
-                            "objname": e.key, "start": s, "length": -1
+                            "objname": e.key, "start": (*s).min(I64_MAX), "length": -1
                         }),
                         // Suffix ranges are planned as whole reads.
                         Some(ByteRange::Suffix(_)) => serde_json::json!({ "objname": e.key }),

@@ -597,6 +597,21 @@ impl Assemble for MossAssemble {
     }
 }
 
+/// The bytes allocated up front for an archived file that declares `declared` bytes (already
+/// checked against the server's `max_buffered_bytes`) in an archive of `held` bytes: no more
+/// than the archive can hold (`held`, or 1032 times it, deflate's largest expansion, for a
+/// compressed file), so a header that declares more than that costs nothing before its
+/// bytes come out; `read_to_end` grows the buffer past it if ever needed.
+fn upfront(declared: u64, held: usize, inflates: bool) -> usize {
+    let held = held as u64;
+    let bound = if inflates {
+        held.saturating_mul(1032).saturating_add(64)
+    } else {
+        held
+    };
+    usize::try_from(declared.min(bound)).unwrap_or(usize::MAX)
+}
+
 /// The file at `archpath` inside the archive object `objname` (tar, tgz/tar.gz or zip, by
 /// the object's extension), or `None` if the archive has no such file.
 fn extract(objname: &str, archive: &Bytes, archpath: &str, limit: u64) -> Result<Option<Bytes>> {
@@ -619,12 +634,14 @@ fn extract(objname: &str, archive: &Bytes, archpath: &str, limit: u64) -> Result
                 file.size()
             )));
         }
-        let mut out = Vec::with_capacity(file.size() as usize);
+        let inflates = file.compression() != zip::CompressionMethod::Stored;
+        let mut out = Vec::with_capacity(upfront(file.size(), archive.len(), inflates));
         file.take(limit)
             .read_to_end(&mut out)
             .map_err(|e| invalid(format!("reading {archpath:?}: {e}")))?;
         return Ok(Some(Bytes::from(out)));
     }
+    let gzipped = !lower.ends_with(".tar");
     let reader: Box<dyn Read> = if lower.ends_with(".tar") {
         Box::new(archive.as_ref())
     } else if lower.ends_with(".tgz") || lower.ends_with(".tar.gz") {
@@ -658,7 +675,7 @@ fn extract(objname: &str, archive: &Bytes, archpath: &str, limit: u64) -> Result
                 "{archpath:?} is {size} bytes, over the server's limit of {limit}"
             )));
         }
-        let mut out = Vec::with_capacity(size as usize);
+        let mut out = Vec::with_capacity(upfront(size, archive.len(), gzipped));
         entry
             .take(limit)
             .read_to_end(&mut out)
