@@ -206,7 +206,7 @@ impl BundleStoreBuilder {
         self
     }
 
-    /// The longest a bundle waits for its response head, and then for each next bytes of its
+    /// The longest a bundle waits for its response head, and then for the next bytes of its
     /// body, before treating the stream as cut (default 30 s). The clock runs only while the
     /// store waits for the network, not while the caller is slow to read the answers. A
     /// stalled bundle is retried like a cut one.
@@ -310,26 +310,38 @@ impl BundleStoreBuilder {
 /// * **Byte ranges**: native on AIStore (identical ranges share one entry; a suffix is read
 ///   whole and cut here). On Tigris they go to the [ranged
 ///   store](BundleStoreBuilder::ranged_store).
-/// * **Retries**: a bundle whose attempt fails transiently is sent again, for only the
-///   entries not yet answered (every request is answered exactly once, and nothing that
-///   arrived is read again), up to [`retries`](BundleStoreBuilder::retries) times (default
-///   3), so at most `1 + retries` HTTP requests per bundle. Transient: the connection failed
-///   or the body was cut (mid-member, or at a member boundary without the archive's end);
-///   no response head or no body bytes for
-///   [`stall_timeout`](BundleStoreBuilder::stall_timeout) (default 30 s); the request's
-///   [`timeout`](BundleStoreBuilder::timeout) ran out; an answer 408, 429, 500, 502, 503 or
-///   504. Retry `r` (1-based) waits for the server's `Retry-After` (delay-seconds or an
-///   HTTP-date) when the answer has one, otherwise for a random time between half and all
-///   of `min(max, base × 2^(r-1))` ([`retry_backoff`](BundleStoreBuilder::retry_backoff),
-///   default base 200 ms, max 20 s); a `Retry-After` longer than `max` ends the retries.
-///   Not retried: any other status (4xx but 408 and 429; 501, 505), an archive that is
-///   malformed (a bad header or checksum, a member not asked for or out of step, one
-///   answered twice), and an object the server marked failed (a Tigris
-///   `__bundle_errors.json` entry, an AIStore `__404__/` placeholder): those fail their
-///   requests at once. When the retries run out, each request not answered fails with an
-///   error naming the last failure and the count, e.g. "the bundle stream was cut after 2
-///   of 8 members: …; gave up after 3 retries (4 of 10 entries delivered)"; those answered
-///   before keep their values. The bundle keeps its budget unit while it pauses.
+/// * **Retries**: when an attempt at a bundle fails transiently, the bundle is sent again
+///   for only the entries not yet answered: every request is answered exactly once, and
+///   nothing that arrived is read again (a duplicate key is one entry, asked for once).
+///   There are at most [`retries`](BundleStoreBuilder::retries) retries per bundle (default
+///   3; counted over the bundle's life, not reset by progress), so at most `1 + retries`
+///   HTTP requests per bundle.
+///   - *Transient*: the request could not be sent or the connection failed; the body was
+///     cut (mid-member, or at a member boundary without the archive's end-of-archive
+///     block); no response head, or no body bytes, for
+///     [`stall_timeout`](BundleStoreBuilder::stall_timeout) (default 30 s); the request's
+///     [`timeout`](BundleStoreBuilder::timeout) ran out (default 15 minutes per HTTP
+///     request, body included, each retry a fresh one); a status 408, 429, 500, 502, 503
+///     or 504.
+///   - *Not transient*, not retried, failing the requests concerned at once: any other
+///     status than 200 (so 4xx but 408 and 429, and 501, 505); a malformed archive (a bad
+///     header or checksum, a member not asked for or out of step, an entry answered twice);
+///     an object the server marked failed (listed in Tigris's `__bundle_errors.json`, an
+///     AIStore `__404__/` placeholder with a status). A missing key is `None`, never
+///     retried.
+///   - *Pause*: retry `r` (1-based) waits for the server's `Retry-After` (delay-seconds or
+///     an HTTP-date; a past date is no wait) when the failed answer has one, otherwise for
+///     a random time between half and all of `min(max, base × 2^(r-1))`
+///     ([`retry_backoff`](BundleStoreBuilder::retry_backoff), default base 200 ms, max
+///     20 s). A `Retry-After` longer than `max` is not waited out: no further retry. The
+///     bundle keeps its budget unit while it pauses; answers that arrived are handed over
+///     before the pause.
+///   - *Giving up*: each request not answered fails with an error naming the last
+///     failure, the retries and the progress, e.g. "the bundle stream was cut after 2 of 8
+///     members: …; gave up after 3 retries (4 of 10 entries delivered)"; requests answered
+///     before keep their answers. With retries off the error is the failure itself.
+///   - An AIStore placeholder without a reason (a real AIStore) is asked about alone, one
+///     request each, retried by the same policy.
 /// * **Order**: with a getmany server, members come in completion order
 ///   ([`completion_order`](BundleStoreBuilder::completion_order)); otherwise in request
 ///   order, as the protocols define.

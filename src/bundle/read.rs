@@ -215,7 +215,8 @@ impl TarMembers {
             let block = match self.block().await? {
                 Some(block) if block.iter().any(|&b| b != 0) => block,
                 // A zero block ends the archive; so does the stream's end at a block
-                // boundary (no end-of-archive blocks: tolerated, as by other readers).
+                // boundary (no end-of-archive blocks: tolerated, as by other readers;
+                // `end_block` tells the two apart).
                 end => {
                     self.ended = true;
                     self.end_block = end.is_some();
