@@ -2,6 +2,7 @@
 //! from a bundle endpoint (the Tigris bundle API or AIStore's GetBatch).
 
 mod read;
+mod retry;
 mod wire;
 
 use std::collections::HashMap;
@@ -60,6 +61,10 @@ pub struct BundleStoreBuilder {
     max_member_bytes: u64,
     completion_order: bool,
     timeout: Duration,
+    retries: u32,
+    retry_base: Duration,
+    retry_max: Duration,
+    stall_timeout: Duration,
 }
 
 impl fmt::Debug for BundleStoreBuilder {
@@ -72,6 +77,10 @@ impl fmt::Debug for BundleStoreBuilder {
             .field("compression", &self.compression)
             .field("max_keys", &self.max_keys)
             .field("bundles_in_flight", &self.bundles_in_flight)
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("retry_backoff", &(self.retry_base, self.retry_max))
+            .field("stall_timeout", &self.stall_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -168,9 +177,41 @@ impl BundleStoreBuilder {
         self
     }
 
-    /// The longest one HTTP request may take, body included (default 15 minutes).
+    /// The longest one HTTP request may take, from connecting until the last byte of its
+    /// response body (default 15 minutes, the Tigris limit). It applies to each attempt of a
+    /// bundle on its own (a retry gets a fresh one), and to a [`client`](Self::client) given
+    /// by the caller too, overriding that client's own timeout. A request cut by it counts as
+    /// a cut stream: what arrived stays answered and the rest is retried.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// How often a bundle is asked again after a transient failure (a cut or stalled stream,
+    /// a connection error, or a 408, 429, 500, 502, 503 or 504 answer), each time for only the
+    /// entries not yet answered (default 3; 0 turns retries off). See [`BundleStore`],
+    /// "Retries".
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// The exponential backoff between attempts (default 200 ms and 20 s): retry `r` pauses
+    /// for a random time between half and all of `min(max, base × 2^(r-1))`, unless the
+    /// server named a pause with `Retry-After`. `max` is also the longest `Retry-After`
+    /// waited out: a server that asks for longer gets no retry.
+    pub fn retry_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.retry_base = base;
+        self.retry_max = max;
+        self
+    }
+
+    /// The longest a bundle waits for its response head, and then for the next bytes of its
+    /// body, before treating the stream as cut (default 30 s). The clock runs only while the
+    /// store waits for the network, not while the caller is slow to read the answers. A
+    /// stalled bundle is retried like a cut one.
+    pub fn stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout;
         self
     }
 
@@ -220,7 +261,6 @@ impl BundleStoreBuilder {
             Some(client) => client,
             None => reqwest::Client::builder()
                 .tcp_nodelay(true)
-                .timeout(self.timeout)
                 .build()
                 .map_err(|e| Error::backend(STORE, "", e))?,
         };
@@ -236,6 +276,13 @@ impl BundleStoreBuilder {
                 client,
                 max_member_bytes: self.max_member_bytes,
                 completion_order: self.completion_order,
+                timeout: self.timeout,
+                retry: retry::RetryPolicy {
+                    max_retries: self.retries,
+                    base: self.retry_base,
+                    max: self.retry_max,
+                    stall: self.stall_timeout,
+                },
             }),
             max_keys: self.max_keys,
             bundles_in_flight: self.bundles_in_flight,
@@ -263,8 +310,38 @@ impl BundleStoreBuilder {
 /// * **Byte ranges**: native on AIStore (identical ranges share one entry; a suffix is read
 ///   whole and cut here). On Tigris they go to the [ranged
 ///   store](BundleStoreBuilder::ranged_store).
-/// * **A cut stream** (connection lost, corrupt tar) fails the requests not yet answered;
-///   the ones already answered stay answered.
+/// * **Retries**: when an attempt at a bundle fails transiently, the bundle is sent again
+///   for only the entries not yet answered: every request is answered exactly once, and
+///   nothing that arrived is read again (a duplicate key is one entry, asked for once).
+///   There are at most [`retries`](BundleStoreBuilder::retries) retries per bundle (default
+///   3; counted over the bundle's life, not reset by progress), so at most `1 + retries`
+///   HTTP requests per bundle.
+///   - *Transient*: the request could not be sent or the connection failed; the body was
+///     cut (mid-member, or at a member boundary without the archive's end-of-archive
+///     block); no response head, or no body bytes, for
+///     [`stall_timeout`](BundleStoreBuilder::stall_timeout) (default 30 s); the request's
+///     [`timeout`](BundleStoreBuilder::timeout) ran out (default 15 minutes per HTTP
+///     request, body included, each retry a fresh one); a status 408, 429, 500, 502, 503
+///     or 504.
+///   - *Not transient*, not retried, failing the requests concerned at once: any other
+///     status than 200 (so 4xx but 408 and 429, and 501, 505); a malformed archive (a bad
+///     header or checksum, a member not asked for or out of step, an entry answered twice);
+///     an object the server marked failed (listed in Tigris's `__bundle_errors.json`, an
+///     AIStore `__404__/` placeholder with a status). A missing key is `None`, never
+///     retried.
+///   - *Pause*: retry `r` (1-based) waits for the server's `Retry-After` (delay-seconds or
+///     an HTTP-date; a past date is no wait) when the failed answer has one, otherwise for
+///     a random time between half and all of `min(max, base × 2^(r-1))`
+///     ([`retry_backoff`](BundleStoreBuilder::retry_backoff), default base 200 ms, max
+///     20 s). A `Retry-After` longer than `max` is not waited out: no further retry. The
+///     bundle keeps its budget unit while it pauses; answers that arrived are handed over
+///     before the pause.
+///   - *Giving up*: each request not answered fails with an error naming the last
+///     failure, the retries and the progress, e.g. "the bundle stream was cut after 2 of 8
+///     members: …; gave up after 3 retries (4 of 10 entries delivered)"; requests answered
+///     before keep their answers. With retries off the error is the failure itself.
+///   - An AIStore placeholder without a reason (a real AIStore) is asked about alone, one
+///     request each, retried by the same policy.
 /// * **Order**: with a getmany server, members come in completion order
 ///   ([`completion_order`](BundleStoreBuilder::completion_order)); otherwise in request
 ///   order, as the protocols define.
@@ -364,6 +441,10 @@ impl BundleStore {
             max_member_bytes: 1 << 30,
             completion_order: true,
             timeout: Duration::from_secs(15 * 60),
+            retries: 3,
+            retry_base: Duration::from_millis(200),
+            retry_max: Duration::from_secs(20),
+            stall_timeout: Duration::from_secs(30),
         }
     }
 

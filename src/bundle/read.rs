@@ -60,8 +60,10 @@ pub(crate) struct TarMembers {
     /// The unread rest of the current chunk.
     current: Bytes,
     max_member_bytes: u64,
-    /// The end-of-archive block was read.
+    /// The archive ended (at its end-of-archive block or where the stream stopped).
     ended: bool,
+    /// The end-of-archive block was read: the archive is complete, not cut at a boundary.
+    end_block: bool,
 }
 
 fn invalid(message: impl Into<String>) -> io::Error {
@@ -134,6 +136,7 @@ impl TarMembers {
             current: Bytes::new(),
             max_member_bytes,
             ended: false,
+            end_block: false,
         }
     }
 
@@ -210,6 +213,12 @@ impl TarMembers {
         Ok(())
     }
 
+    /// Whether the archive ended with its end-of-archive block (after [`next`](Self::next)
+    /// returned `None`); a stream that stops at a member boundary without one was cut.
+    pub fn end_block(&self) -> bool {
+        self.end_block
+    }
+
     /// The next file member, or `None` at the end of the archive.
     pub async fn next(&mut self) -> io::Result<Option<TarMember>> {
         if self.ended {
@@ -222,9 +231,11 @@ impl TarMembers {
             let block = match self.block().await? {
                 Some(block) if block.iter().any(|&b| b != 0) => block,
                 // A zero block ends the archive; so does the stream's end at a block
-                // boundary (no end-of-archive blocks: tolerated, as by other readers).
-                _ => {
+                // boundary (no end-of-archive blocks: tolerated, as by other readers;
+                // `end_block` tells the two apart).
+                end => {
                     self.ended = true;
+                    self.end_block = end.is_some();
                     if pending {
                         return Err(invalid("the archive ends after an extension header"));
                     }
@@ -527,6 +538,21 @@ mod tests {
         header.set_cksum();
         big[..BLOCK].copy_from_slice(header.as_bytes());
         assert!(error_of(&big, 1 << 20).contains("extension header declares"));
+    }
+
+    #[test]
+    fn an_archive_cut_at_a_member_boundary_lacks_its_end_block() {
+        let whole = one_file(1000);
+        let read = |bytes: &[u8]| {
+            futures::executor::block_on(async {
+                let mut reader = TarMembers::new(chunked(bytes, 100), 1 << 20);
+                while reader.next().await.unwrap().is_some() {}
+                reader.end_block()
+            })
+        };
+        assert!(read(&whole));
+        // The member's header, data and padding, and nothing after.
+        assert!(!read(&whole[..3 * BLOCK]));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One bundle on the wire: the request (signed), the response's tar stream, and pairing
 //! members with entries.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use futures::{SinkExt, StreamExt};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::read::{Chunks, TarMember, TarMembers};
+use super::retry::{Interrupted, RetryPolicy, StallWatch, is_cut, retry_after, transient_status};
 use super::{BundleCompression, BundleProtocol, STORE, WireEntry};
 use crate::{ByteRange, Error, Result};
 
@@ -27,10 +29,6 @@ const ORDER_HEADER: &str = "x-getmany-order";
 /// The getmany server's PAX records on failed entries.
 const PAX_STATUS: &str = "GETMANY.status";
 const PAX_ERROR: &str = "GETMANY.error";
-/// How often a request answered 429 (overloaded) is sent again.
-const OVERLOAD_RETRIES: u32 = 4;
-/// The longest pause before sending again.
-const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// The most of an error response's body kept for the message.
 const MAX_ERROR_BODY: usize = 16 * 1024;
 
@@ -46,6 +44,9 @@ pub(crate) struct Wire {
     pub client: reqwest::Client,
     pub max_member_bytes: u64,
     pub completion_order: bool,
+    /// The time limit of one HTTP request, its body included.
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
 }
 
 type Item = (usize, Result<Option<Bytes>>);
@@ -63,22 +64,111 @@ fn backend(key: &str, message: impl Into<String>) -> Error {
     }
 }
 
-/// Why a bundle stopped early.
+/// Why an attempt at a bundle stopped early.
 enum Stop {
     /// The reader dropped the stream: nothing more to do.
     ReaderGone,
-    /// The bundle failed: every entry not yet answered gets this message.
+    /// The bundle failed for good: every entry not yet answered gets this message.
     Failed(String),
+    /// The attempt failed in a way worth another (the stream was cut or stalled, the server
+    /// is overloaded): the entries not yet answered are asked for again, after the server's
+    /// `Retry-After` if it named one.
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+impl Stop {
+    fn transient(message: String) -> Stop {
+        Stop::Transient {
+            message,
+            retry_after: None,
+        }
+    }
+}
+
+/// An error and its sources, as one line.
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl Wire {
     /// Runs one bundle for `entries`, sending each entry's answer (by position) to `tx`, in
-    /// batches (see [`Batcher`]).
+    /// batches (see [`Batcher`]). An attempt that fails transiently is followed, after a
+    /// pause, by another for the entries not yet answered, as [`RetryPolicy`] allows; every
+    /// entry is answered exactly once.
     pub async fn run(&self, entries: &[WireEntry], tx: Sender<Vec<Item>>) {
-        let mut answered = vec![false; entries.len()];
+        let n = entries.len();
+        let mut answered = vec![false; n];
         let mut out = Batcher::new(tx);
-        let outcome = self.exchange(entries, &mut answered, &mut out).await;
-        if let Err(Stop::Failed(message)) = outcome {
+        let mut retries = 0;
+        let failure = loop {
+            // The entries still owed: all at first, then only those not answered yet (a
+            // duplicate key is one entry, so it is asked for once).
+            let owed: Vec<usize> = (0..n).filter(|&slot| !answered[slot]).collect();
+            if owed.is_empty() {
+                break None;
+            }
+            let attempt: Cow<'_, [WireEntry]> = if owed.len() == n {
+                Cow::Borrowed(entries)
+            } else {
+                Cow::Owned(owed.iter().map(|&slot| entries[slot].clone()).collect())
+            };
+            let mut done = vec![false; owed.len()];
+            let outcome = self.exchange(&attempt, &owed, &mut done, &mut out).await;
+            for (&slot, &done) in owed.iter().zip(&done) {
+                answered[slot] |= done;
+            }
+            let delivered = answered.iter().filter(|&&a| a).count();
+            match outcome {
+                Ok(()) => break None,
+                Err(Stop::ReaderGone) => return,
+                Err(Stop::Failed(message)) if retries == 0 => break Some(message),
+                Err(Stop::Failed(message)) => {
+                    break Some(format!(
+                        "{message} (after {retries} retries; {delivered} of {n} entries delivered)"
+                    ));
+                }
+                Err(Stop::Transient {
+                    message,
+                    retry_after,
+                }) => match self.retry.pause(retries, retry_after) {
+                    Err(why) if retries == 0 => break Some(format!("{message} ({why})")),
+                    Err(why) => {
+                        break Some(format!(
+                            "{message}; {why} ({delivered} of {n} entries delivered)"
+                        ));
+                    }
+                    Ok(pause) => {
+                        retries += 1;
+                        tracing::debug!(
+                            retry = retries,
+                            owed = n - delivered,
+                            ?pause,
+                            reason = %message,
+                            "getmany.bundle.retry"
+                        );
+                        // What arrived leaves now, not after the pause.
+                        if out.flush().await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                },
+            }
+        };
+        if let Some(message) = failure {
             for (slot, entry) in entries.iter().enumerate() {
                 if !answered[slot]
                     && out
@@ -143,12 +233,13 @@ impl Wire {
         }
     }
 
-    /// Sends the request for `entries`.
-    async fn send(
+    /// Sends the request for `entries` and waits for the response head, whatever its
+    /// status, at most the stall timeout.
+    async fn request(
         &self,
         entries: &[WireEntry],
         coer: bool,
-    ) -> std::result::Result<reqwest::Response, String> {
+    ) -> std::result::Result<reqwest::Response, Stop> {
         let url = self.url();
         let body = self.body(entries, coer);
         let method = match self.protocol {
@@ -189,45 +280,73 @@ impl Wire {
                 access,
                 secret,
                 &self.region,
-            )?;
+            )
+            .map_err(Stop::Failed)?;
         } else if let Some(token) = &self.token {
             let value = HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| "the token cannot be sent in a header".to_string())?;
+                .map_err(|_| Stop::Failed("the token cannot be sent in a header".into()))?;
             headers.insert(header::AUTHORIZATION, value);
         }
-        // An overloaded server (429) is asked again after the pause it names; a bundle is
-        // a read, so repeating it is safe. The signature stays valid for minutes.
-        let mut attempt = 0;
-        let response = loop {
-            let response = self
-                .client
-                .request(method.clone(), &url)
-                .headers(headers.clone())
-                .body(body.clone())
-                .send()
-                .await
-                .map_err(|e| format!("bundle request to {url} failed: {e}"))?;
-            if response.status() != reqwest::StatusCode::TOO_MANY_REQUESTS
-                || attempt >= OVERLOAD_RETRIES
-            {
-                break response;
-            }
-            attempt += 1;
-            let named = response
-                .headers()
-                .get(header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let backoff = Duration::from_millis(50 << attempt);
-            tokio::time::sleep(named.unwrap_or(backoff).min(MAX_RETRY_PAUSE)).await;
-        };
-        if response.status() != reqwest::StatusCode::OK {
-            let status = response.status();
-            let text = error_text(response).await;
-            return Err(format!("bundle request to {url} answered {status}: {text}"));
+        // A bundle is a read: sending it again is safe. A signature stays valid for minutes.
+        let send = self
+            .client
+            .request(method, &url)
+            .headers(headers)
+            .body(body)
+            .timeout(self.timeout)
+            .send();
+        match tokio::time::timeout(self.retry.stall, send).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) if e.is_builder() => Err(Stop::Failed(format!(
+                "bundle request to {url} cannot be sent: {}",
+                describe(&e)
+            ))),
+            Ok(Err(e)) => Err(Stop::transient(format!(
+                "bundle request to {url} failed: {}",
+                describe(&e)
+            ))),
+            Err(_) => Err(Stop::transient(format!(
+                "bundle request to {url} got no answer within {:?} (the stall timeout)",
+                self.retry.stall
+            ))),
         }
-        Ok(response)
+    }
+
+    /// Sends the request for `entries`; a status other than 200 is a failure, transient or
+    /// not (see [`transient_status`]).
+    async fn send(
+        &self,
+        entries: &[WireEntry],
+        coer: bool,
+    ) -> std::result::Result<reqwest::Response, Stop> {
+        let response = self.request(entries, coer).await?;
+        let status = response.status();
+        if status == reqwest::StatusCode::OK {
+            return Ok(response);
+        }
+        let (message, retry_after) = self.failed_status(response).await;
+        if transient_status(status) {
+            Err(Stop::Transient {
+                message,
+                retry_after,
+            })
+        } else {
+            Err(Stop::Failed(message))
+        }
+    }
+
+    /// What a response that is not 200 says: a message and the pause it asks for.
+    async fn failed_status(&self, response: reqwest::Response) -> (String, Option<Duration>) {
+        let status = response.status();
+        let retry_after = retry_after(response.headers(), SystemTime::now());
+        let text = tokio::time::timeout(self.retry.stall, error_text(response))
+            .await
+            .unwrap_or_default();
+        let url = self.url();
+        (
+            format!("bundle request to {url} answered {status}: {text}"),
+            retry_after,
+        )
     }
 
     /// The response body as the chunks of a tar stream (decompressed as its content type
@@ -243,7 +362,19 @@ impl Wire {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase();
-        let stream = response.bytes_stream().map(|r| r.map_err(io::Error::other));
+        let timeout = self.timeout;
+        let stream = response.bytes_stream().map(move |r| {
+            r.map_err(|e| {
+                let why = if e.is_timeout() {
+                    format!("the request's time limit of {timeout:?} ran out")
+                } else {
+                    describe(&e)
+                };
+                io::Error::other(Interrupted(why))
+            })
+        });
+        // A body that goes quiet is an interruption too.
+        let stream = StallWatch::new(stream.boxed(), self.retry.stall);
         if content_type.contains("gzip") {
             let decoder = GzipDecoder::new(StreamReader::new(stream));
             ReaderStream::with_capacity(decoder, DECODED_CHUNK).boxed()
@@ -256,14 +387,17 @@ impl Wire {
         }
     }
 
+    /// One attempt: asks for `entries` and answers them as their members arrive, each as
+    /// entry `origin[slot]` of the bundle, marking it in `answered`.
     async fn exchange(
         &self,
         entries: &[WireEntry],
+        origin: &[usize],
         answered: &mut [bool],
         out: &mut Batcher,
     ) -> std::result::Result<(), Stop> {
         let n = entries.len();
-        let response = self.send(entries, true).await.map_err(Stop::Failed)?;
+        let response = self.send(entries, true).await?;
         let completion = response
             .headers()
             .get(ORDER_HEADER)
@@ -295,9 +429,15 @@ impl Wire {
             let member = match next {
                 Ok(Some(member)) => member,
                 Ok(None) => break,
+                Err(e) if is_cut(&e) => {
+                    return Err(Stop::transient(format!(
+                        "the bundle stream was cut after {delivered} of {n} members: {e}"
+                    )));
+                }
                 Err(e) => {
                     return Err(Stop::Failed(format!(
-                        "the bundle stream was cut after {delivered} of {n} members: {e}"
+                        "the bundle stream is not a valid archive after {delivered} of {n} \
+                         members: {e}"
                     )));
                 }
             };
@@ -366,18 +506,27 @@ impl Wire {
             }
             answered[slot] = true;
             delivered += 1;
-            out.push((slot, result)).await?;
+            out.push((origin[slot], result)).await?;
         }
+        // Without its end-of-archive block the archive was cut at a member boundary.
+        let complete = members.end_block();
+        let cut = || {
+            Stop::transient(format!(
+                "the bundle stream was cut after {delivered} of {n} members (it ended without \
+                 the end of the archive)"
+            ))
+        };
 
         out.flush().await?;
         for slot in unresolved {
             let result = self.probe(&entries[slot]).await;
             answered[slot] = true;
-            out.push((slot, result)).await?;
+            out.push((origin[slot], result)).await?;
             out.flush().await?;
         }
         match self.protocol {
             BundleProtocol::Tigris => {
+                let mut unlisted = false;
                 for (slot, entry) in entries.iter().enumerate() {
                     if answered[slot] {
                         continue;
@@ -394,19 +543,26 @@ impl Wire {
                                     .unwrap_or_default()
                             ),
                         )),
+                        // Cut: asked for again.
+                        None if !complete => {
+                            unlisted = true;
+                            continue;
+                        }
                         None => Err(backend(
                             &entry.key,
                             "the bundle ended without it and without listing it in __bundle_errors.json",
                         )),
                     };
                     answered[slot] = true;
-                    out.push((slot, result)).await?;
+                    out.push((origin[slot], result)).await?;
                 }
-                Ok(())
+                if unlisted { Err(cut()) } else { Ok(()) }
             }
             BundleProtocol::AiStore => {
                 if answered.iter().all(|&a| a) {
                     Ok(())
+                } else if !complete {
+                    Err(cut())
                 } else {
                     Err(Stop::Failed(format!(
                         "the bundle ended after {delivered} of {n} entries"
@@ -416,25 +572,66 @@ impl Wire {
         }
     }
 
-    /// Asks for one entry alone with `coer: false`, to learn why it failed in a batch.
+    /// Asks for one entry alone with `coer: false`, to learn why it failed in a batch;
+    /// retried as a bundle is.
     async fn probe(&self, entry: &WireEntry) -> Result<Option<Bytes>> {
-        let response = match self.send(std::slice::from_ref(entry), false).await {
+        let mut retries = 0;
+        loop {
+            let (message, retry_after) = match self.probe_once(entry).await {
+                Ok(result) => return result,
+                Err(transient) => transient,
+            };
+            match self.retry.pause(retries, retry_after) {
+                Ok(pause) => {
+                    retries += 1;
+                    tokio::time::sleep(pause).await;
+                }
+                Err(why) => return Err(backend(&entry.key, format!("{message} ({why})"))),
+            }
+        }
+    }
+
+    /// One probe: the entry's answer, or a transient failure and the pause it asks for.
+    async fn probe_once(
+        &self,
+        entry: &WireEntry,
+    ) -> std::result::Result<Result<Option<Bytes>>, (String, Option<Duration>)> {
+        let response = match self.request(std::slice::from_ref(entry), false).await {
             Ok(response) => response,
-            Err(message) if message.contains(" answered 404") => return Ok(None),
-            Err(message) if message.contains(" answered 416") => {
-                return Err(Error::InvalidRange {
+            Err(Stop::Transient {
+                message,
+                retry_after,
+            }) => return Err((message, retry_after)),
+            Err(Stop::Failed(message)) => return Ok(Err(backend(&entry.key, message))),
+            Err(Stop::ReaderGone) => return Ok(Err(backend(&entry.key, "the reader is gone"))),
+        };
+        let status = response.status();
+        if status != reqwest::StatusCode::OK {
+            let (message, retry_after) = self.failed_status(response).await;
+            return match status.as_u16() {
+                404 => Ok(Ok(None)),
+                416 => Ok(Err(Error::InvalidRange {
                     key: entry.key.clone(),
                     range: entry.range.clone().unwrap_or(ByteRange::Offset(0)),
                     reason: message,
-                });
-            }
-            Err(message) => return Err(backend(&entry.key, message)),
-        };
+                })),
+                _ if transient_status(status) => Err((message, retry_after)),
+                _ => Ok(Err(backend(&entry.key, message))),
+            };
+        }
         let mut members = TarMembers::new(self.tar_chunks(response), self.max_member_bytes);
         match members.next().await {
-            Ok(Some(member)) => Ok(Some(member.data)),
-            Ok(None) => Err(backend(&entry.key, "an empty answer to a one-entry batch")),
-            Err(e) => Err(backend(&entry.key, e.to_string())),
+            Ok(Some(member)) => Ok(Ok(Some(member.data))),
+            Ok(None) if !members.end_block() => Err((
+                "the answer to a one-entry batch was cut before its member".into(),
+                None,
+            )),
+            Ok(None) => Ok(Err(backend(
+                &entry.key,
+                "an empty answer to a one-entry batch",
+            ))),
+            Err(e) if is_cut(&e) => Err((e.to_string(), None)),
+            Err(e) => Ok(Err(backend(&entry.key, e.to_string()))),
         }
     }
 }
