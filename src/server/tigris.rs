@@ -321,7 +321,8 @@ fn parse_keys(body: &[u8]) -> std::result::Result<Vec<String>, (&'static str, St
     })?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('<') {
-        return parse_xml_keys(trimmed).map_err(|why| ("MalformedXML", why));
+        // The XML parser's messages quote the body as it is.
+        return parse_xml_keys(trimmed).map_err(|why| ("MalformedXML", printable(&why)));
     }
     serde_json::from_str::<Keys>(trimmed)
         .map(|k| k.keys)
@@ -333,6 +334,21 @@ fn parse_keys(body: &[u8]) -> std::result::Result<Vec<String>, (&'static str, St
                 ),
             )
         })
+}
+
+/// `text` on one line, with control characters, U+FFFE and U+FFFF escaped as Rust does
+/// (`\0`, `\n`, `\u{fffe}`): an error message goes out in an XML body, where most of them are
+/// not allowed even as character references.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || matches!(c, '\u{fffe}' | '\u{ffff}') {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn parse_xml_keys(text: &str) -> std::result::Result<Vec<String>, String> {
@@ -502,6 +518,25 @@ mod tests {
             parse_keys(&Bytes::from_static(b"<Other/>")).unwrap_err().0,
             "MalformedXML"
         );
+    }
+
+    /// Found by the `bundle_request` fuzz target: the XML parser's messages quoted the body's
+    /// control characters as they were, which no XML error body may hold.
+    #[test]
+    fn xml_error_messages_are_printable() {
+        for body in [
+            "<\0\0Object>".as_bytes(),
+            "<Bundle><Object><Key>&a\u{1b}\u{ffff}b;</Key></Object></Bundle>".as_bytes(),
+            b"<Bundle><a\x01></b></Bundle>",
+        ] {
+            let (code, message) = parse_keys(body).unwrap_err();
+            assert_eq!(code, "MalformedXML");
+            assert!(
+                !message.chars().any(|c| c.is_control() || c == '\u{ffff}'),
+                "{message:?}"
+            );
+            assert!(message.contains("\\"), "{message:?}");
+        }
     }
 
     #[test]
