@@ -7,17 +7,18 @@ use base64::Engine;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use hyper::header::HeaderValue;
-use hyper::{Method, StatusCode};
+use hyper::{HeaderMap, Method, StatusCode, Uri};
 use s3s::{Body, S3Request, S3Response, S3Result};
 
 use super::archive::{ArchiveWriter, Compression, Member, PAX_ERROR, PAX_STATUS};
 use super::body::{Assemble, BodyContext, archive_stream, collect_limited, http_body};
 use super::fetch::{Fetch, Fetcher};
-use super::invalid_key_reason;
+use super::keys::RequestError;
 use super::service::{
     BodyError, Kind, MOSS_PATH, ORDER_HEADER, Shared, error_response, public_error, read_body,
     route_response, to_route_response,
 };
+use super::{Limits, invalid_key_reason};
 use crate::{ByteRange, Error, Request, Result, Store, slice_object};
 
 /// The directory of placeholders for failed entries (`coer: true`).
@@ -60,16 +61,23 @@ struct MossIn {
 }
 
 /// One validated entry.
-#[derive(Debug, Clone, Default)]
-struct Entry {
-    bucket: String,
-    provider: String,
-    objname: String,
-    archpath: Option<String>,
-    opaque: Option<String>,
-    range: Option<ByteRange>,
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// The bucket: the entry's own, or the path's.
+    pub bucket: String,
+    /// The provider, `ais` by default (echoed only).
+    pub provider: String,
+    /// The object's key, accepted by [`invalid_key_reason`].
+    pub objname: String,
+    /// The file to read out of the archive object: not empty, no leading `/`, accepted by
+    /// [`invalid_key_reason`].
+    pub archpath: Option<String>,
+    /// The caller's bytes, base64, not empty (echoed only).
+    pub opaque: Option<String>,
+    /// The bytes to read; `None` reads the whole object (or archived file).
+    pub range: Option<ByteRange>,
     /// The member name (without the `__404__/` of a placeholder).
-    name: String,
+    pub name: String,
 }
 
 /// The metadata of one entry in a multipart answer.
@@ -87,8 +95,12 @@ struct MossOut {
     size: u64,
 }
 
-enum Output {
+/// The archive format of the answer (`mime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// A tar, compressed or not.
     Tar(Compression),
+    /// A zip.
     Zip,
 }
 
@@ -105,26 +117,11 @@ pub(crate) async fn handle(
     shared: &Shared,
     context: BodyContext,
 ) -> S3Result<S3Response<Body>> {
-    if req.method != Method::GET && req.method != Method::POST {
-        return Ok(error(
-            shared,
-            StatusCode::METHOD_NOT_ALLOWED,
-            &format!("GetBatch is GET {MOSS_PATH}[/bucket], not {}", req.method),
-        ));
-    }
-    let rest = req.uri.path()[MOSS_PATH.len()..].trim_matches('/');
-    let default_bucket = (!rest.is_empty()).then(|| rest.to_owned());
-    if default_bucket.as_deref().is_some_and(|b| b.contains('/')) {
-        return Ok(bad_request(
-            shared,
-            &format!("GetBatch is GET {MOSS_PATH}[/bucket]; {rest:?} is not a bucket name"),
-        ));
-    }
-    let completion_order = req
-        .headers
-        .get(ORDER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim() == "completion");
+    let head = match GetBatchHead::parse(&req.method, &req.uri, &req.headers) {
+        Ok(head) => head,
+        Err(e) => return Ok(error(shared, e.status, &e.message)),
+    };
+    let completion_order = head.completion_order;
 
     let body = match read_body(&req.headers, &mut req.input, shared.limits.max_body_bytes).await {
         Ok(body) => body,
@@ -144,65 +141,22 @@ pub(crate) async fn handle(
             ));
         }
     };
-    let request: MossReq = match serde_json::from_slice(&body) {
+    let bucket_exists = |bucket: &str| shared.buckets.contains_key(bucket);
+    let GetBatchRequest {
+        entries,
+        output,
+        coer,
+        streaming,
+        ..
+    } = match head.parse_body(&body, &shared.limits, &bucket_exists) {
         Ok(request) => request,
-        Err(e) => {
-            return Ok(bad_request(
-                shared,
-                &format!(
-                    "the request body is not a GetBatch request ({e}); expected {{\"in\":[{{\"objname\":...}}, ...]}}"
-                ),
-            ));
-        }
+        Err(e) => return Ok(error(shared, e.status, &e.message)),
     };
-    if request.entries.is_empty() {
-        return Ok(bad_request(
-            shared,
-            "the GetBatch request has no entries (\"in\")",
-        ));
-    }
-    if request.entries.len() > shared.limits.max_entries {
-        return Ok(bad_request(
-            shared,
-            &format!(
-                "the GetBatch request has {} entries; at most {} are allowed",
-                request.entries.len(),
-                shared.limits.max_entries
-            ),
-        ));
-    }
-    let output = match request.mime.as_deref().unwrap_or("") {
-        "" | ".tar" | "tar" => Output::Tar(Compression::None),
-        ".tgz" | ".tar.gz" | "tgz" | "tar.gz" => Output::Tar(Compression::Gzip),
-        ".zip" | "zip" => Output::Zip,
-        ".tar.lz4" => {
-            return Ok(bad_request(
-                shared,
-                "output format .tar.lz4 is not supported by this server; use .tar, .tgz or .zip",
-            ));
-        }
-        other => {
-            return Ok(bad_request(
-                shared,
-                &format!("unknown output format {other:?}; use .tar, .tgz, .tar.gz or .zip"),
-            ));
-        }
-    };
-    let coer = request.coer.unwrap_or(false);
-    let onob = request.onob.unwrap_or(false);
-    let streaming = request.strm.unwrap_or(false);
-
-    let mut entries = Vec::with_capacity(request.entries.len());
-    let mut stores = Vec::with_capacity(request.entries.len());
-    for (i, entry) in request.entries.into_iter().enumerate() {
-        match validate(i, entry, default_bucket.as_deref(), onob, shared) {
-            Ok((entry, store)) => {
-                entries.push(entry);
-                stores.push(store);
-            }
-            Err(response) => return Ok(response),
-        }
-    }
+    // The parser found every entry's bucket in this same map.
+    let stores: Vec<Arc<dyn Store>> = entries
+        .iter()
+        .map(|entry| shared.buckets[&entry.bucket].clone())
+        .collect();
 
     if !coer {
         let checked =
@@ -321,85 +275,214 @@ pub(crate) async fn handle(
     Ok(response)
 }
 
-/// Checks one `in` element and resolves its store.
-#[allow(clippy::result_large_err)]
+/// A refusal with status 400.
+fn refused(message: impl Into<String>) -> RequestError {
+    RequestError::new(StatusCode::BAD_REQUEST, "", message)
+}
+
+/// A GetBatch request's default bucket and options, from its method, path and headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetBatchHead {
+    /// The bucket of the path `/v1/ml/moss/{bucket}`, if any.
+    pub default_bucket: Option<String>,
+    /// `x-getmany-order: completion`.
+    pub completion_order: bool,
+}
+
+/// A parsed and validated GetBatch request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetBatchRequest {
+    /// The default bucket and options of the head.
+    pub head: GetBatchHead,
+    /// The entries in request order (duplicates kept): 1 to [`Limits::max_entries`], each in
+    /// a bucket the server serves.
+    pub entries: Vec<Entry>,
+    /// `mime`.
+    pub output: Output,
+    /// `coer`: continue on error.
+    pub coer: bool,
+    /// `onob`: member names without the bucket.
+    pub onob: bool,
+    /// `strm`: a streaming answer (otherwise multipart).
+    pub streaming: bool,
+}
+
+/// Parses and validates a GetBatch request `GET /v1/ml/moss[/{bucket}]` as the handler does,
+/// with the same errors in the same order: the method, path and headers
+/// ([`GetBatchHead::parse`]), then the body ([`GetBatchHead::parse_body`]). `bucket_exists`
+/// says whether the server serves a bucket. (The handler runs the two steps itself, to read
+/// the body only after the first.)
+pub fn parse_getbatch_request(
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    limits: &Limits,
+    bucket_exists: &dyn Fn(&str) -> bool,
+) -> std::result::Result<GetBatchRequest, RequestError> {
+    GetBatchHead::parse(method, uri, headers)?.parse_body(body, limits, bucket_exists)
+}
+
+impl GetBatchHead {
+    /// The default bucket (from the path) and options (from the headers).
+    pub fn parse(
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> std::result::Result<GetBatchHead, RequestError> {
+        if method != Method::GET && method != Method::POST {
+            return Err(RequestError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "",
+                format!("GetBatch is GET {MOSS_PATH}[/bucket], not {method}"),
+            ));
+        }
+        let rest = match uri.path().strip_prefix(MOSS_PATH) {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => rest.trim_matches('/'),
+            // Not routed here.
+            _ => {
+                return Err(refused(format!(
+                    "GetBatch is GET {MOSS_PATH}[/bucket], not {:?}",
+                    uri.path()
+                )));
+            }
+        };
+        let default_bucket = (!rest.is_empty()).then(|| rest.to_owned());
+        if default_bucket.as_deref().is_some_and(|b| b.contains('/')) {
+            return Err(refused(format!(
+                "GetBatch is GET {MOSS_PATH}[/bucket]; {rest:?} is not a bucket name"
+            )));
+        }
+        let completion_order = headers
+            .get(ORDER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "completion");
+        Ok(GetBatchHead {
+            default_bucket,
+            completion_order,
+        })
+    }
+
+    /// The request's body: entries (each validated) and options.
+    pub fn parse_body(
+        self,
+        body: &[u8],
+        limits: &Limits,
+        bucket_exists: &dyn Fn(&str) -> bool,
+    ) -> std::result::Result<GetBatchRequest, RequestError> {
+        let request: MossReq = match serde_json::from_slice(body) {
+            Ok(request) => request,
+            Err(e) => {
+                return Err(refused(format!(
+                    "the request body is not a GetBatch request ({e}); expected {{\"in\":[{{\"objname\":...}}, ...]}}"
+                )));
+            }
+        };
+        if request.entries.is_empty() {
+            return Err(refused("the GetBatch request has no entries (\"in\")"));
+        }
+        if request.entries.len() > limits.max_entries {
+            return Err(refused(format!(
+                "the GetBatch request has {} entries; at most {} are allowed",
+                request.entries.len(),
+                limits.max_entries
+            )));
+        }
+        let output = match request.mime.as_deref().unwrap_or("") {
+            "" | ".tar" | "tar" => Output::Tar(Compression::None),
+            ".tgz" | ".tar.gz" | "tgz" | "tar.gz" => Output::Tar(Compression::Gzip),
+            ".zip" | "zip" => Output::Zip,
+            ".tar.lz4" => {
+                return Err(refused(
+                    "output format .tar.lz4 is not supported by this server; use .tar, .tgz or .zip",
+                ));
+            }
+            other => {
+                return Err(refused(format!(
+                    "unknown output format {other:?}; use .tar, .tgz, .tar.gz or .zip"
+                )));
+            }
+        };
+        let coer = request.coer.unwrap_or(false);
+        let onob = request.onob.unwrap_or(false);
+        let streaming = request.strm.unwrap_or(false);
+
+        let mut entries = Vec::with_capacity(request.entries.len());
+        for (i, entry) in request.entries.into_iter().enumerate() {
+            let default_bucket = self.default_bucket.as_deref();
+            entries.push(validate(i, entry, default_bucket, onob, bucket_exists)?);
+        }
+        Ok(GetBatchRequest {
+            head: self,
+            entries,
+            output,
+            coer,
+            onob,
+            streaming,
+        })
+    }
+}
+
+/// Checks one `in` element.
 fn validate(
     i: usize,
     entry: MossIn,
     default_bucket: Option<&str>,
     onob: bool,
-    shared: &Shared,
-) -> std::result::Result<(Entry, Arc<dyn Store>), S3Response<Body>> {
+    bucket_exists: &dyn Fn(&str) -> bool,
+) -> std::result::Result<Entry, RequestError> {
     let what = format!("entry {i} ({:?})", entry.objname);
     if entry.uname.as_deref().is_some_and(|u| !u.is_empty()) {
-        return Err(bad_request(
-            shared,
-            &format!("{what}: \"uname\" is not supported"),
-        ));
+        return Err(refused(format!("{what}: \"uname\" is not supported")));
     }
     let Some(bucket) = entry
         .bucket
         .filter(|b| !b.is_empty())
         .or_else(|| default_bucket.map(str::to_owned))
     else {
-        return Err(bad_request(
-            shared,
-            &format!("{what} names no bucket (give one in the path or the entry)"),
-        ));
+        return Err(refused(format!(
+            "{what} names no bucket (give one in the path or the entry)"
+        )));
     };
-    let Some(store) = shared.buckets.get(&bucket).cloned() else {
-        return Err(error(
-            shared,
+    if !bucket_exists(&bucket) {
+        return Err(RequestError::new(
             StatusCode::NOT_FOUND,
-            &format!("{what}: no bucket named {bucket:?} on this server"),
+            "",
+            format!("{what}: no bucket named {bucket:?} on this server"),
         ));
-    };
+    }
     if let Some(reason) = invalid_key_reason(&entry.objname) {
-        return Err(bad_request(
-            shared,
-            &format!("{what}: invalid object name: {reason}"),
-        ));
+        return Err(refused(format!("{what}: invalid object name: {reason}")));
     }
     let archpath = entry
         .archpath
         .filter(|a| !a.is_empty())
         .map(|a| a.trim_start_matches('/').to_owned());
     if let Some(reason) = archpath.as_deref().and_then(invalid_key_reason) {
-        return Err(bad_request(
-            shared,
-            &format!("{what}: invalid archpath: {reason}"),
-        ));
+        return Err(refused(format!("{what}: invalid archpath: {reason}")));
     }
     let start = entry.start.unwrap_or(0);
     let length = entry.length.unwrap_or(0);
     let range = match (start, length) {
         (s, _) if s < 0 => {
-            return Err(bad_request(
-                shared,
-                &format!("{what}: start {s} is negative"),
-            ));
+            return Err(refused(format!("{what}: start {s} is negative")));
         }
         (_, l) if l < -1 => {
-            return Err(bad_request(
-                shared,
-                &format!("{what}: length {l} must be positive, or -1 for the rest of the object"),
-            ));
+            return Err(refused(format!(
+                "{what}: length {l} must be positive, or -1 for the rest of the object"
+            )));
         }
         (s, 0) if s != 0 => {
-            return Err(bad_request(
-                shared,
-                &format!("{what}: start {s} needs a length (positive, or -1 for the rest)"),
-            ));
+            return Err(refused(format!(
+                "{what}: start {s} needs a length (positive, or -1 for the rest)"
+            )));
         }
         (0, 0) | (0, -1) => None,
         (s, -1) => Some(ByteRange::Offset(s as u64)),
         (s, l) => match (s as u64).checked_add(l as u64) {
             Some(end) => Some(ByteRange::Bounded(s as u64..end)),
             None => {
-                return Err(bad_request(
-                    shared,
-                    &format!("{what}: start + length overflows"),
-                ));
+                return Err(refused(format!("{what}: start + length overflows")));
             }
         },
     };
@@ -408,10 +491,7 @@ fn validate(
         Some(o) => match decode_opaque(&o) {
             Some(_) => Some(o),
             None => {
-                return Err(bad_request(
-                    shared,
-                    &format!("{what}: \"opaque\" is not base64"),
-                ));
+                return Err(refused(format!("{what}: \"opaque\" is not base64")));
             }
         },
     };
@@ -424,21 +504,18 @@ fn validate(
         name.push('/');
         name.push_str(archpath);
     }
-    Ok((
-        Entry {
-            bucket,
-            provider: entry
-                .provider
-                .filter(|p| !p.is_empty())
-                .unwrap_or_else(|| "ais".into()),
-            objname: entry.objname,
-            archpath,
-            opaque,
-            range,
-            name,
-        },
-        store,
-    ))
+    Ok(Entry {
+        bucket,
+        provider: entry
+            .provider
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "ais".into()),
+        objname: entry.objname,
+        archpath,
+        opaque,
+        range,
+        name,
+    })
 }
 
 /// Base64 in either alphabet, padded or not.
@@ -683,4 +760,53 @@ fn extract(objname: &str, archive: &Bytes, archpath: &str, limit: u64) -> Result
         return Ok(Some(Bytes::from(out)));
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_parsed_with_the_handlers_errors_in_its_order() {
+        let exists = |bucket: &str| bucket == "data";
+        let limits = Limits {
+            max_entries: 2,
+            ..Limits::default()
+        };
+        let parse = |method: Method, uri: &str, body: &str| {
+            let headers = HeaderMap::new();
+            let uri = uri.parse().unwrap();
+            parse_getbatch_request(&method, &uri, &headers, body.as_bytes(), &limits, &exists)
+        };
+        let e = parse(Method::PUT, "/v1/ml/moss/data/x", "").unwrap_err();
+        assert_eq!(e.status, StatusCode::METHOD_NOT_ALLOWED);
+        let e = parse(Method::GET, "/v1/ml/moss/data/x", "").unwrap_err();
+        assert!(e.message.contains("not a bucket name"), "{}", e.message);
+        let e = parse(Method::GET, "/v1/ml/mossy", "").unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        // An entry's unknown bucket is found before its bad name and before later entries.
+        let body = r#"{"in":[{"objname":"../a","bucket":"zzz"},{"objname":"b","start":-1}]}"#;
+        let e = parse(Method::GET, "/v1/ml/moss/data", body).unwrap_err();
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        assert!(e.message.starts_with("entry 0"), "{}", e.message);
+        let body = r#"{"in":[{"objname":"a"},{"objname":"b"},{"objname":"c"}]}"#;
+        let e = parse(Method::GET, "/v1/ml/moss/data", body).unwrap_err();
+        assert!(e.message.contains("at most 2"), "{}", e.message);
+        let body = r#"{"in":[{"objname":"a","start":2,"length":3,"opaque":"eA"},
+            {"objname":"s.tar","archpath":"/x/y","start":1,"length":-1}],
+            "mime":".zip","onob":true}"#;
+        let request = parse(Method::GET, "/v1/ml/moss/data/", body).unwrap();
+        assert_eq!(request.head.default_bucket.as_deref(), Some("data"));
+        assert_eq!(request.output, Output::Zip);
+        assert!(request.onob && !request.coer && !request.streaming);
+        let [a, s] = &request.entries[..] else {
+            panic!("{:?}", request.entries)
+        };
+        assert_eq!(a.range, Some(ByteRange::Bounded(2..5)));
+        assert_eq!(a.opaque.as_deref(), Some("eA"));
+        assert_eq!((a.name.as_str(), a.provider.as_str()), ("a", "ais"));
+        assert_eq!(s.range, Some(ByteRange::Offset(1)));
+        assert_eq!(s.archpath.as_deref(), Some("x/y"));
+        assert_eq!(s.name, "s.tar/x/y");
+    }
 }

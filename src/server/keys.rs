@@ -1,4 +1,7 @@
-//! What the server accepts as a key or a bucket name: nothing that could leave a bucket.
+//! What the server accepts as a key or a bucket name: nothing that could leave a bucket; and
+//! why a bundle or GetBatch request is refused.
+
+use hyper::StatusCode;
 
 /// The longest key the server accepts, in bytes (as S3).
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -50,6 +53,28 @@ pub fn valid_bucket_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Why a bundle or GetBatch request is refused: what the handler answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The S3 error code of a Tigris answer (`InvalidArgument`, ...); empty for AIStore.
+    pub code: &'static str,
+    /// The message, plain text.
+    pub message: String,
+}
+
+impl RequestError {
+    /// An error with this status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        RequestError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -92,6 +92,9 @@ mod keys;
 mod s3;
 mod service;
 mod tigris;
+// For the fuzz targets only; not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
 
 use std::collections::BTreeMap;
 use std::fmt;

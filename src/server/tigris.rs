@@ -5,18 +5,19 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
-use hyper::StatusCode;
 use hyper::header::HeaderValue;
+use hyper::{HeaderMap, StatusCode, Uri};
 use s3s::{Body, S3Request, S3Response, S3Result};
 
 use super::archive::{ArchiveWriter, Compression, Member};
 use super::body::{Assemble, BodyContext, archive_stream, http_body};
 use super::fetch::{Fetch, Fetcher};
-use super::invalid_key_reason;
+use super::keys::RequestError;
 use super::service::{
     BodyError, Kind, ORDER_HEADER, Shared, error_response, public_error, read_body, route_response,
     to_route_response, xml_error, xml_escape,
 };
+use super::{Limits, invalid_key_reason};
 use crate::{Error, Request, Result, Store};
 
 /// The name of the last member in skip mode, listing the keys left out.
@@ -33,8 +34,8 @@ fn bad_request(shared: &Shared, code: &str, message: &str) -> S3Response<Body> {
     error(shared, StatusCode::BAD_REQUEST, code, message)
 }
 
-fn header<'a>(req: &'a S3Request<Body>, name: &str) -> Option<&'a str> {
-    req.headers
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
@@ -45,59 +46,19 @@ pub(crate) async fn handle(
     shared: &Shared,
     context: BodyContext,
 ) -> S3Result<S3Response<Body>> {
-    let path = req.uri.path().trim_start_matches('/');
-    let bucket = path.strip_suffix('/').unwrap_or(path).to_owned();
-    if bucket.is_empty() || bucket.contains('/') {
-        return Ok(bad_request(
-            shared,
-            "InvalidRequest",
-            "a bundle is requested with POST /{bucket}?bundle (no key in the path)",
-        ));
-    }
-    let Some(store) = shared.buckets.get(&bucket).cloned() else {
-        return Ok(error(
-            shared,
-            StatusCode::NOT_FOUND,
-            "NoSuchBucket",
-            &format!("no bucket named {bucket:?} on this server"),
-        ));
+    let bucket_exists = |bucket: &str| shared.buckets.contains_key(bucket);
+    let head = match BundleHead::parse(&req.uri, &req.headers, &bucket_exists) {
+        Ok(head) => head,
+        Err(e) => return Ok(error(shared, e.status, e.code, &e.message)),
     };
-    match header(&req, "x-tigris-bundle-format") {
-        None | Some("tar") => {}
-        Some(other) => {
-            return Ok(bad_request(
-                shared,
-                "InvalidArgument",
-                &format!("x-tigris-bundle-format {other:?} is not supported; use \"tar\""),
-            ));
-        }
-    }
-    let compression = match header(&req, "x-tigris-bundle-compression") {
-        None | Some("") | Some("none") => Compression::None,
-        Some("gzip") => Compression::Gzip,
-        Some("zstd") => Compression::Zstd,
-        Some(other) => {
-            return Ok(bad_request(
-                shared,
-                "InvalidArgument",
-                &format!(
-                    "x-tigris-bundle-compression {other:?} is not supported; use none, gzip or zstd"
-                ),
-            ));
-        }
-    };
-    let fail_mode = match header(&req, "x-tigris-bundle-on-error") {
-        None | Some("") | Some("skip") => false,
-        Some("fail") => true,
-        Some(other) => {
-            return Ok(bad_request(
-                shared,
-                "InvalidArgument",
-                &format!("x-tigris-bundle-on-error {other:?} is not supported; use skip or fail"),
-            ));
-        }
-    };
-    let completion_order = header(&req, ORDER_HEADER) == Some("completion");
+    // The parser found the bucket in this same map.
+    let store = shared.buckets[&head.bucket].clone();
+    let BundleHead {
+        compression,
+        fail_mode,
+        completion_order,
+        ..
+    } = head;
 
     let body = match read_body(&req.headers, &mut req.input, shared.limits.max_body_bytes).await {
         Ok(body) => body,
@@ -119,38 +80,10 @@ pub(crate) async fn handle(
             ));
         }
     };
-    let keys = match parse_keys(&body) {
+    let keys = match parse_bundle_keys(&body, &shared.limits) {
         Ok(keys) => keys,
-        Err((code, message)) => return Ok(bad_request(shared, code, &message)),
+        Err(e) => return Ok(error(shared, e.status, e.code, &e.message)),
     };
-    if keys.is_empty() {
-        return Ok(bad_request(
-            shared,
-            "InvalidRequest",
-            "the bundle lists no keys",
-        ));
-    }
-    if keys.len() > shared.limits.max_keys {
-        return Ok(bad_request(
-            shared,
-            "InvalidRequest",
-            &format!(
-                "the bundle lists {} keys; at most {} are allowed per request",
-                keys.len(),
-                shared.limits.max_keys
-            ),
-        ));
-    }
-    if let Some((key, reason)) = keys
-        .iter()
-        .find_map(|k| invalid_key_reason(k).map(|r| (k, r)))
-    {
-        return Ok(bad_request(
-            shared,
-            "InvalidArgument",
-            &format!("invalid key {key:?}: {reason}"),
-        ));
-    }
 
     if fail_mode {
         let checked = tokio::time::timeout_at(context.deadline, missing_keys(&store, &keys)).await;
@@ -232,9 +165,150 @@ pub(crate) async fn handle(
     Ok(response)
 }
 
+/// A refusal with status 400.
+fn refused(code: &'static str, message: impl Into<String>) -> RequestError {
+    RequestError::new(StatusCode::BAD_REQUEST, code, message)
+}
+
+/// A bundle request's bucket and options, from its path and headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleHead {
+    /// The bucket named by the path (one the server serves).
+    pub bucket: String,
+    /// `x-tigris-bundle-compression`.
+    pub compression: Compression,
+    /// `x-tigris-bundle-on-error: fail`.
+    pub fail_mode: bool,
+    /// `x-getmany-order: completion`.
+    pub completion_order: bool,
+}
+
+/// A parsed and validated bundle request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleRequest {
+    /// The bucket and options.
+    pub head: BundleHead,
+    /// The keys in request order (duplicates kept): 1 to [`Limits::max_keys`] of them, each
+    /// accepted by [`invalid_key_reason`].
+    pub keys: Vec<String>,
+}
+
+/// Parses and validates a bundle request `POST /{bucket}?bundle` as the handler does, with
+/// the same errors in the same order: the path and headers ([`BundleHead::parse`]), then the
+/// body ([`parse_bundle_keys`]). `bucket_exists` says whether the server serves a bucket.
+/// (The handler runs the two steps itself, to read the body only after the first.)
+pub fn parse_bundle_request(
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    limits: &Limits,
+    bucket_exists: &dyn Fn(&str) -> bool,
+) -> std::result::Result<BundleRequest, RequestError> {
+    let head = BundleHead::parse(uri, headers, bucket_exists)?;
+    let keys = parse_bundle_keys(body, limits)?;
+    Ok(BundleRequest { head, keys })
+}
+
+impl BundleHead {
+    /// The bucket (from the path; it must exist) and the options (from the headers).
+    pub fn parse(
+        uri: &Uri,
+        headers: &HeaderMap,
+        bucket_exists: &dyn Fn(&str) -> bool,
+    ) -> std::result::Result<BundleHead, RequestError> {
+        let path = uri.path().trim_start_matches('/');
+        let bucket = path.strip_suffix('/').unwrap_or(path).to_owned();
+        if bucket.is_empty() || bucket.contains('/') {
+            return Err(refused(
+                "InvalidRequest",
+                "a bundle is requested with POST /{bucket}?bundle (no key in the path)",
+            ));
+        }
+        if !bucket_exists(&bucket) {
+            return Err(RequestError::new(
+                StatusCode::NOT_FOUND,
+                "NoSuchBucket",
+                format!("no bucket named {bucket:?} on this server"),
+            ));
+        }
+        match header(headers, "x-tigris-bundle-format") {
+            None | Some("tar") => {}
+            Some(other) => {
+                return Err(refused(
+                    "InvalidArgument",
+                    format!("x-tigris-bundle-format {other:?} is not supported; use \"tar\""),
+                ));
+            }
+        }
+        let compression = match header(headers, "x-tigris-bundle-compression") {
+            None | Some("") | Some("none") => Compression::None,
+            Some("gzip") => Compression::Gzip,
+            Some("zstd") => Compression::Zstd,
+            Some(other) => {
+                return Err(refused(
+                    "InvalidArgument",
+                    format!(
+                        "x-tigris-bundle-compression {other:?} is not supported; use none, gzip or zstd"
+                    ),
+                ));
+            }
+        };
+        let fail_mode = match header(headers, "x-tigris-bundle-on-error") {
+            None | Some("") | Some("skip") => false,
+            Some("fail") => true,
+            Some(other) => {
+                return Err(refused(
+                    "InvalidArgument",
+                    format!(
+                        "x-tigris-bundle-on-error {other:?} is not supported; use skip or fail"
+                    ),
+                ));
+            }
+        };
+        let completion_order = header(headers, ORDER_HEADER) == Some("completion");
+        Ok(BundleHead {
+            bucket,
+            compression,
+            fail_mode,
+            completion_order,
+        })
+    }
+}
+
+/// The keys of a bundle request's body: 1 to [`Limits::max_keys`], each valid.
+pub fn parse_bundle_keys(
+    body: &[u8],
+    limits: &Limits,
+) -> std::result::Result<Vec<String>, RequestError> {
+    let keys = parse_keys(body).map_err(|(code, message)| refused(code, message))?;
+    if keys.is_empty() {
+        return Err(refused("InvalidRequest", "the bundle lists no keys"));
+    }
+    if keys.len() > limits.max_keys {
+        return Err(refused(
+            "InvalidRequest",
+            format!(
+                "the bundle lists {} keys; at most {} are allowed per request",
+                keys.len(),
+                limits.max_keys
+            ),
+        ));
+    }
+    if let Some((key, reason)) = keys
+        .iter()
+        .find_map(|k| invalid_key_reason(k).map(|r| (k, r)))
+    {
+        return Err(refused(
+            "InvalidArgument",
+            format!("invalid key {key:?}: {reason}"),
+        ));
+    }
+    Ok(keys)
+}
+
 /// The keys of a bundle request: JSON `{"keys":[...]}` or XML
 /// `<Bundle><Object><Key>..</Key></Object>..</Bundle>`.
-fn parse_keys(body: &Bytes) -> std::result::Result<Vec<String>, (&'static str, String)> {
+fn parse_keys(body: &[u8]) -> std::result::Result<Vec<String>, (&'static str, String)> {
     #[derive(serde::Deserialize)]
     struct Keys {
         keys: Vec<String>,
@@ -247,7 +321,8 @@ fn parse_keys(body: &Bytes) -> std::result::Result<Vec<String>, (&'static str, S
     })?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('<') {
-        return parse_xml_keys(trimmed).map_err(|why| ("MalformedXML", why));
+        // The XML parser's messages quote the body as it is.
+        return parse_xml_keys(trimmed).map_err(|why| ("MalformedXML", printable(&why)));
     }
     serde_json::from_str::<Keys>(trimmed)
         .map(|k| k.keys)
@@ -259,6 +334,21 @@ fn parse_keys(body: &Bytes) -> std::result::Result<Vec<String>, (&'static str, S
                 ),
             )
         })
+}
+
+/// `text` on one line, with control characters, U+FFFE and U+FFFF escaped as Rust does
+/// (`\0`, `\n`, `\u{fffe}`): an error message goes out in an XML body, where most of them are
+/// not allowed even as character references.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || matches!(c, '\u{fffe}' | '\u{ffff}') {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn parse_xml_keys(text: &str) -> std::result::Result<Vec<String>, String> {
@@ -427,6 +517,76 @@ mod tests {
         assert_eq!(
             parse_keys(&Bytes::from_static(b"<Other/>")).unwrap_err().0,
             "MalformedXML"
+        );
+    }
+
+    /// Found by the `bundle_request` fuzz target: the XML parser's messages quoted the body's
+    /// control characters as they were, which no XML error body may hold.
+    #[test]
+    fn xml_error_messages_are_printable() {
+        for body in [
+            "<\0\0Object>".as_bytes(),
+            "<Bundle><Object><Key>&a\u{1b}\u{ffff}b;</Key></Object></Bundle>".as_bytes(),
+            b"<Bundle><a\x01></b></Bundle>",
+        ] {
+            let (code, message) = parse_keys(body).unwrap_err();
+            assert_eq!(code, "MalformedXML");
+            assert!(
+                !message.chars().any(|c| c.is_control() || c == '\u{ffff}'),
+                "{message:?}"
+            );
+            assert!(message.contains("\\"), "{message:?}");
+        }
+    }
+
+    #[test]
+    fn request_parsed_with_the_handlers_errors_in_its_order() {
+        let exists = |bucket: &str| bucket == "data";
+        let limits = Limits {
+            max_keys: 2,
+            ..Limits::default()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-tigris-bundle-compression",
+            HeaderValue::from_static("brotli"),
+        );
+        let parse = |uri: &str, headers: &HeaderMap, body: &[u8]| {
+            parse_bundle_request(&uri.parse().unwrap(), headers, body, &limits, &exists)
+        };
+        // The path, then the bucket, then the headers, then the body.
+        let e = parse("/data/k?bundle", &headers, b"").unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "InvalidRequest")
+        );
+        let e = parse("/nobucket?bundle", &headers, b"").unwrap_err();
+        assert_eq!((e.status, e.code), (StatusCode::NOT_FOUND, "NoSuchBucket"));
+        let e = parse("/data?bundle", &headers, b"{").unwrap_err();
+        assert_eq!(e.code, "InvalidArgument");
+        assert!(e.message.contains("brotli"), "{}", e.message);
+        headers.insert(
+            "x-tigris-bundle-compression",
+            HeaderValue::from_static("zstd"),
+        );
+        headers.insert(
+            "x-tigris-bundle-on-error",
+            HeaderValue::from_static(" fail"),
+        );
+        let e = parse("/data?bundle", &headers, br#"{"keys":["a","b","c"]}"#).unwrap_err();
+        assert!(e.message.contains("at most 2"), "{}", e.message);
+        let e = parse("/data?bundle", &headers, br#"{"keys":["a","a//b"]}"#).unwrap_err();
+        assert_eq!(e.code, "InvalidArgument");
+        let request = parse("/data/?bundle=", &headers, br#"{"keys":["a","a"]}"#).unwrap();
+        assert_eq!(request.keys, ["a", "a"]);
+        assert_eq!(
+            request.head,
+            BundleHead {
+                bucket: "data".into(),
+                compression: Compression::Zstd,
+                fail_mode: true,
+                completion_order: false,
+            }
         );
     }
 }
