@@ -63,7 +63,7 @@ const MAX_KEYS: usize = 1000;
 /// stored: a PUT of one answers `400 InvalidArgument`, a GET `404 NoSuchKey`.
 ///
 /// Connections are served by the crate's connection core ([`crate::conn`]: `TCP_NODELAY`,
-/// HTTP/1.1 or HTTP/2, the default [`ConnectionLimits`]). Dropping the server stops accepting
+/// HTTP/1.1 or HTTP/2, the default [`ConnectionLimits`] but 8,192 connections). Dropping the server stops accepting
 /// connections at once; open connections finish the request in flight, then close.
 ///
 /// # Example
@@ -197,7 +197,12 @@ impl S3Server {
         let listener = TcpListener::bind(addr).await?;
         let counters = Arc::new(Counters::default());
         let handler_counters = counters.clone();
-        let http = HttpServer::start(listener, ConnectionLimits::default(), move |req| {
+        // A stand-in for S3 in tests and benchmarks: S3 caps no client at 1,024 connections.
+        let limits = ConnectionLimits {
+            max_connections: 8192,
+            ..ConnectionLimits::default()
+        };
+        let http = HttpServer::start(listener, limits, move |req| {
             handle(req, service.clone(), handler_counters.clone(), strip_auth)
         })?;
         Ok(S3Server { counters, http })

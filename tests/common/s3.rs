@@ -169,7 +169,13 @@ impl S3TestServer {
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared::default());
         let handler_shared = shared.clone();
-        let http = HttpServer::start(listener, ConnectionLimits::default(), move |req| {
+        // Real S3 caps no client at 1,024 connections; the conformance suite's nested reads
+        // through ArchiveStore open ~2,000 at once.
+        let limits = ConnectionLimits {
+            max_connections: 8192,
+            ..ConnectionLimits::default()
+        };
+        let http = HttpServer::start(listener, limits, move |req| {
             handle(req, s3.clone(), handler_shared.clone())
         })
         .expect("start the HTTP server");
