@@ -1163,3 +1163,88 @@ async fn etag_changes_when_an_object_is_rewritten_at_the_same_size() {
         );
     }
 }
+
+/// A raw HTTP/1.1 exchange (`Connection: close`): the whole response as bytes.
+async fn raw_exchange(server: &BundleServer, request: String) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), socket.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tigris_bundles_end_with_the_documented_trailers() {
+    let root = abc_root();
+    let server = serve(
+        Arc::new(ObjectStoreStore::new(local_store(root.path()))),
+        Limits::default(),
+    )
+    .await;
+    let body = r#"{"keys":["a","nope","b/c","empty"]}"#;
+    let request = format!(
+        "POST /data?bundle HTTP/1.1\r\nhost: x\r\nte: trailers\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let response = String::from_utf8_lossy(&raw_exchange(&server, request).await).into_owned();
+    let (head, rest) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase().contains(
+            "trailer: x-tigris-bundle-count, x-tigris-bundle-bytes, x-tigris-bundle-skipped"
+        ),
+        "{head}"
+    );
+    // After the last chunk: three objects (5 + 13 + 0 bytes), one key skipped.
+    let (_, trailers) = rest.rsplit_once("\r\n0\r\n").unwrap();
+    let trailers = trailers.to_ascii_lowercase();
+    for expected in [
+        "x-tigris-bundle-count: 3",
+        "x-tigris-bundle-bytes: 18",
+        "x-tigris-bundle-skipped: 1",
+    ] {
+        assert!(trailers.contains(expected), "{expected} in {trailers:?}");
+    }
+    // The tar itself still reads (clients that ignore trailers).
+    let response = tigris(&server, "data", body, &[]).await;
+    let members = tar_members(&response.bytes().await.unwrap());
+    assert_eq!(
+        names(&members),
+        vec!["a", "b/c", "empty", "__bundle_errors.json"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_past_the_assembled_limit_is_cut_there() {
+    let root = abc_root();
+    let limits = Limits {
+        max_bundle_bytes: 10,
+        ..Limits::default()
+    };
+    let server = serve(
+        Arc::new(ObjectStoreStore::new(local_store(root.path()))),
+        limits,
+    )
+    .await;
+    // In request order, "a" (5 bytes) fits and "b/c" (13 more) passes the limit: the body
+    // carries "a" and is cut there, without the end of the chunked encoding.
+    let body = r#"{"keys":["a","b/c"]}"#;
+    let request = format!(
+        "POST /data?bundle HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let response = raw_exchange(&server, request).await;
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("alpha"), "{text}");
+    assert!(!text.contains("bravo-charlie"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the body ended cleanly: {text}"
+    );
+}

@@ -168,6 +168,25 @@ pub(crate) fn http_body(
     Ok(s3s::Body::http_body_unsync(StreamBody::new(frames)))
 }
 
+/// Like [`http_body`], ending with a trailers frame made by `trailers` once the archive is
+/// complete (HTTP/1.1 sends it only to clients that asked with `TE: trailers`).
+pub(crate) fn http_body_with_trailers(
+    archive: BoxStream<'static, std::io::Result<Bytes>>,
+    compression: Compression,
+    trailers: impl FnOnce() -> hyper::HeaderMap + Send + 'static,
+) -> std::io::Result<s3s::Body> {
+    let chunks: BoxStream<'static, std::io::Result<Bytes>> = match compression {
+        Compression::None => archive,
+        other => Compress::new(archive, other)?.boxed(),
+    };
+    let frames = chunks
+        .map(|chunk| chunk.map(Frame::data))
+        .chain(futures::stream::once(async move {
+            Ok(Frame::trailers(trailers()))
+        }));
+    Ok(s3s::Body::http_body_unsync(StreamBody::new(frames)))
+}
+
 /// Collects an archive stream into memory, failing once it passes `limit` bytes.
 pub(crate) async fn collect_limited(
     mut archive: BoxStream<'static, std::io::Result<Bytes>>,

@@ -120,6 +120,9 @@ pub struct Limits {
     pub max_entries: usize,
     /// Bytes of a bundle request's body (5 MiB, as Tigris).
     pub max_body_bytes: usize,
+    /// Bytes of objects one Tigris bundle may assemble (50 GB, as Tigris); a bundle that
+    /// would pass it is cut there.
+    pub max_bundle_bytes: u64,
     /// Bundle and GetBatch requests served at once; one more answers 429 (32).
     pub max_in_flight: usize,
     /// The longest a request may take, body included (15 minutes, as Tigris); a body still
@@ -161,6 +164,7 @@ impl Default for Limits {
             max_keys: 5_000,
             max_entries: 50_000,
             max_body_bytes: 5 << 20,
+            max_bundle_bytes: 50_000_000_000,
             max_in_flight: 32,
             request_timeout: Duration::from_secs(15 * 60),
             header_read_timeout: Duration::from_secs(30),

@@ -2,15 +2,16 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
-use hyper::header::HeaderValue;
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{HeaderMap, StatusCode, Uri};
 use s3s::{Body, S3Request, S3Response, S3Result};
 
 use super::archive::{ArchiveWriter, Compression, Member};
-use super::body::{Assemble, BodyContext, archive_stream, http_body};
+use super::body::{Assemble, BodyContext, archive_stream, http_body_with_trailers};
 use super::fetch::{Fetch, Fetcher};
 use super::keys::RequestError;
 use super::service::{
@@ -142,14 +143,17 @@ pub(crate) async fn handle(
         !completion_order,
         context.stats.clone(),
     );
+    let counts = Arc::new(BundleCounts::default());
     let assemble = TigrisAssemble {
         keys,
         skipped: Vec::new(),
         fail_mode,
         completion_order,
+        counts: counts.clone(),
+        max_bytes: shared.limits.max_bundle_bytes,
     };
     let archive = archive_stream(answers, ArchiveWriter::tar(), assemble, context);
-    let body = http_body(archive, compression)
+    let body = http_body_with_trailers(archive, compression, move || counts.trailers())
         .map_err(|e| s3s::S3Error::with_message(s3s::S3ErrorCode::InternalError, e.to_string()))?;
     let content_type = match compression {
         Compression::None => "application/x-tar",
@@ -157,6 +161,9 @@ pub(crate) async fn handle(
         Compression::Zstd => "application/zstd",
     };
     let mut response = route_response(StatusCode::OK, content_type, body);
+    response
+        .headers
+        .insert(header::TRAILER, HeaderValue::from_static(TRAILERS));
     if completion_order {
         response
             .headers
@@ -440,11 +447,49 @@ async fn missing_keys(store: &Arc<dyn Store>, keys: &[String]) -> Result<Vec<Str
     Ok(missing)
 }
 
+/// The trailers a bundle ends with, as Tigris documents them.
+const TRAILERS: &str = "x-tigris-bundle-count, x-tigris-bundle-bytes, x-tigris-bundle-skipped";
+
+/// What a bundle delivered, for its trailers.
+#[derive(Debug, Default)]
+struct BundleCounts {
+    count: AtomicU64,
+    bytes: AtomicU64,
+    skipped: AtomicU64,
+}
+
+impl BundleCounts {
+    fn trailers(&self) -> hyper::HeaderMap {
+        let mut map = hyper::HeaderMap::new();
+        for (name, counter) in [
+            ("x-tigris-bundle-count", &self.count),
+            ("x-tigris-bundle-bytes", &self.bytes),
+            ("x-tigris-bundle-skipped", &self.skipped),
+        ] {
+            map.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from(counter.load(Ordering::Relaxed)),
+            );
+        }
+        map
+    }
+}
+
 struct TigrisAssemble {
     keys: Vec<String>,
     skipped: Vec<serde_json::Value>,
     fail_mode: bool,
     completion_order: bool,
+    counts: Arc<BundleCounts>,
+    /// [`Limits::max_bundle_bytes`].
+    max_bytes: u64,
+}
+
+impl TigrisAssemble {
+    fn skip(&mut self, entry: serde_json::Value) {
+        self.counts.skipped.fetch_add(1, Ordering::Relaxed);
+        self.skipped.push(entry);
+    }
 }
 
 impl Assemble for TigrisAssemble {
@@ -456,18 +501,29 @@ impl Assemble for TigrisAssemble {
         // Each index is answered once (the fetcher drops repeats): take the key, no copy.
         let key = std::mem::take(&mut self.keys[index]);
         match result {
-            Ok(Some(data)) => Ok(Some(Member {
-                name: key,
-                data,
-                pax: Vec::new(),
-                index: self.completion_order.then_some(index),
-            })),
+            Ok(Some(data)) => {
+                let bytes = self.counts.bytes.load(Ordering::Relaxed) + data.len() as u64;
+                if bytes > self.max_bytes {
+                    return Err(format!(
+                        "the bundle passed the server's limit of {} bytes assembled at key \
+                         {key:?}; the bundle is cut",
+                        self.max_bytes
+                    ));
+                }
+                self.counts.bytes.store(bytes, Ordering::Relaxed);
+                self.counts.count.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(Member {
+                    name: key,
+                    data,
+                    pax: Vec::new(),
+                    index: self.completion_order.then_some(index),
+                }))
+            }
             Ok(None) if self.fail_mode => Err(format!(
                 "key {key:?} disappeared after the fail-mode check; the bundle is cut"
             )),
             Ok(None) => {
-                self.skipped
-                    .push(serde_json::json!({ "key": key, "reason": "NoSuchKey" }));
+                self.skip(serde_json::json!({ "key": key, "reason": "NoSuchKey" }));
                 Ok(None)
             }
             Err(e) if self.fail_mode => Err(public_error(&e)),
@@ -476,7 +532,7 @@ impl Assemble for TigrisAssemble {
                     Error::InvalidKey { .. } => "InvalidArgument",
                     _ => "InternalError",
                 };
-                self.skipped.push(
+                self.skip(
                     serde_json::json!({ "key": key, "reason": reason, "message": public_error(&e) }),
                 );
                 Ok(None)
