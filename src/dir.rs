@@ -314,12 +314,9 @@ impl Store for DirStore {
                         tokio::task::spawn_blocking(move || read_batch(&root, &queue_for_batch))
                             .await
                     };
-                    match budget.run(work).await {
-                        Ok(answers) => answers,
-                        // read_batch catches a panic per read; a join error is a runtime
-                        // shutting down, when there is no one left to answer.
-                        Err(_) => Vec::new(),
-                    }
+                    // read_batch catches a panic per read; a join error is a runtime
+                    // shutting down, when there is no one left to answer.
+                    budget.run(work).await.unwrap_or_default()
                 }
             });
             futures::future::ready(batch.map(|b| (b, queue)))
