@@ -244,6 +244,7 @@ pub struct BundleServerBuilder {
     credentials: Option<(String, String)>,
     token: Option<String>,
     limits: Limits,
+    redirect_getbatch: Option<String>,
 }
 
 impl fmt::Debug for BundleServerBuilder {
@@ -256,6 +257,7 @@ impl fmt::Debug for BundleServerBuilder {
             .field("credentials", &self.credentials.as_ref().map(|(a, _)| a))
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("limits", &self.limits)
+            .field("redirect_getbatch", &self.redirect_getbatch)
             .finish()
     }
 }
@@ -280,6 +282,15 @@ impl BundleServerBuilder {
     /// Accepts `Authorization: Bearer <token>` on the AIStore routes.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Answers every authenticated GetBatch request with `307 Temporary Redirect` to the same
+    /// path and query at `base_url` (`http://host:port`), as an AIStore proxy sends a batch
+    /// to a target; the client resends the body there. For a front that owns no data, and
+    /// for testing that clients follow.
+    pub fn redirect_getbatch(mut self, base_url: impl Into<String>) -> Self {
+        self.redirect_getbatch = Some(base_url.into().trim_end_matches('/').to_owned());
         self
     }
 
@@ -338,6 +349,7 @@ impl BundleServerBuilder {
             limits: self.limits,
             stats: stats.clone(),
             next_request_id: AtomicU64::new(1),
+            redirect_getbatch: self.redirect_getbatch,
         });
         let service = service::build_s3_service(shared.clone(), self.credentials);
         let connection_limits = shared.limits.connection_limits();

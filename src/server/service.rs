@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub limits: Limits,
     pub stats: Arc<ServerStats>,
     pub next_request_id: AtomicU64,
+    /// Where GetBatch requests are redirected, if anywhere.
+    pub redirect_getbatch: Option<String>,
 }
 
 impl Shared {
@@ -393,6 +395,20 @@ impl S3Route for BundleRoute {
         };
         if !allowed {
             return Ok(to_route_response(unauthenticated(kind, shared)));
+        }
+        if kind == Kind::Moss
+            && let Some(base) = &shared.redirect_getbatch
+        {
+            let target = match req.uri.query() {
+                Some(query) => format!("{base}{}?{query}", req.uri.path()),
+                None => format!("{base}{}", req.uri.path()),
+            };
+            let mut response =
+                S3Response::with_status(Body::empty(), StatusCode::TEMPORARY_REDIRECT);
+            if let Ok(location) = HeaderValue::from_str(&target) {
+                response.headers.insert(header::LOCATION, location);
+            }
+            return Ok(response);
         }
         // Admission, only once authenticated: a bounded number of bundles at once; the rest
         // are told to come back.

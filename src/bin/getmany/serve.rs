@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// The longest a response may wait for its client to read on, in seconds.
     #[arg(long, default_value_t = Limits::default().stall_timeout.as_secs_f64())]
     stall_timeout_secs: f64,
+    /// Answer GetBatch requests with a 307 redirect to this base URL (as an AIStore proxy
+    /// does), after authentication.
+    #[arg(long)]
+    redirect_getbatch: Option<String>,
     /// Connections open at once; more are closed at once.
     #[arg(long, default_value_t = Limits::default().max_connections)]
     max_connections: usize,
@@ -163,6 +167,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(token) = args.token {
         builder = builder.token(token);
+    }
+    if let Some(target) = args.redirect_getbatch {
+        builder = builder.redirect_getbatch(target);
     }
     let server = builder.start(args.listen).await?;
     // The first line is for scripts: the address to connect to.
