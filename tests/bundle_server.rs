@@ -1248,3 +1248,51 @@ async fn a_bundle_past_the_assembled_limit_is_cut_there() {
         "the body ended cleanly: {text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn getbatch_redirects_are_followed_with_the_body() {
+    let root = abc_root();
+    let target = serve(
+        Arc::new(ObjectStoreStore::new(local_store(root.path()))),
+        Limits::default(),
+    )
+    .await;
+    // A front that owns no data: it sends every GetBatch on to the target.
+    let proxy = BundleServer::builder()
+        .bucket("data", Arc::new(getmany::MemoryStore::new()))
+        .redirect_getbatch(target.url())
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let raw = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{}/v1/ml/moss/data?coloc=1", proxy.url()))
+        .body(r#"{"in":[{"objname":"a"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 307);
+    assert_eq!(
+        raw.headers()["location"].to_str().unwrap(),
+        format!("{}/v1/ml/moss/data?coloc=1", target.url())
+    );
+    let client = BundleStore::aistore(proxy.url(), "data").build().unwrap();
+    let mut answers: Vec<_> = client
+        .get_many(vec![
+            Request::whole("a"),
+            Request::whole("b/c"),
+            Request::whole("a"),
+        ])
+        .collect()
+        .await;
+    answers.sort_by_key(|(i, _)| *i);
+    let values: Vec<_> = answers
+        .into_iter()
+        .map(|(_, a)| a.unwrap().unwrap())
+        .collect();
+    assert_eq!(values, ["alpha", "bravo-charlie", "alpha"]);
+    assert_eq!(proxy.stats().bundles(), 0);
+    assert_eq!(target.stats().bundles(), 1);
+}
