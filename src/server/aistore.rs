@@ -24,6 +24,12 @@ use crate::{ByteRange, Error, Request, Result, Store};
 /// The directory of placeholders for failed entries (`coer: true`).
 pub const MISSING_DIR: &str = "__404__";
 
+/// A getmany extension: `x-getmany-ranges: clip` asks for the ranges of the [`Store`] trait
+/// (a range reaching past the end of an object is clipped there; one starting at or past the
+/// end of a non-empty object still fails), which [`BundleStore`](crate) sends. Without it a
+/// range is exact, as in AIStore: out of bounds is 416 (or a placeholder with `coer`).
+pub const RANGES_HEADER: &str = "x-getmany-ranges";
+
 /// Concurrent existence checks when `coer` is false, per request.
 const PRECHECK_CONCURRENCY: usize = 64;
 
@@ -129,6 +135,7 @@ pub(crate) async fn handle(
         Err(e) => return Ok(error(shared, e.status, &e.message)),
     };
     let completion_order = head.completion_order;
+    let clip_ranges = head.clip_ranges;
 
     let body = match read_body(&req.headers, &mut req.input, shared.limits.max_body_bytes).await {
         Ok(body) => body,
@@ -167,8 +174,11 @@ pub(crate) async fn handle(
         .collect();
 
     if !coer {
-        let checked =
-            tokio::time::timeout_at(context.deadline, first_failure(&entries, &stores)).await;
+        let checked = tokio::time::timeout_at(
+            context.deadline,
+            first_failure(&entries, &stores, clip_ranges),
+        )
+        .await;
         match checked {
             Err(_) => {
                 return Ok(error(
@@ -210,6 +220,7 @@ pub(crate) async fn handle(
         entries,
         coer,
         completion_order,
+        clip_ranges,
         max_extract: shared.limits.max_buffered_bytes,
         metadata: metadata.clone(),
         failure: failure.clone(),
@@ -311,6 +322,8 @@ pub struct GetBatchHead {
     pub default_bucket: Option<String>,
     /// `x-getmany-order: completion`.
     pub completion_order: bool,
+    /// `x-getmany-ranges: clip` ([`RANGES_HEADER`]).
+    pub clip_ranges: bool,
 }
 
 /// A parsed and validated GetBatch request.
@@ -381,9 +394,14 @@ impl GetBatchHead {
             .get(ORDER_HEADER)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim() == "completion");
+        let clip_ranges = headers
+            .get(RANGES_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "clip");
         Ok(GetBatchHead {
             default_bucket,
             completion_order,
+            clip_ranges,
         })
     }
 
@@ -550,6 +568,7 @@ fn decode_opaque(value: &str) -> Option<Vec<u8>> {
 async fn first_failure(
     entries: &[Entry],
     stores: &[Arc<dyn Store>],
+    clip_ranges: bool,
 ) -> Option<(StatusCode, String)> {
     let owned: Vec<(usize, Entry, Arc<dyn Store>)> = entries
         .iter()
@@ -568,7 +587,7 @@ async fn first_failure(
                 )),
                 Err(e) => Some((status_of(&e), format!("{name}: {}", public_error(&e)))),
                 Ok(Some(size)) => match (&entry.range, &entry.archpath) {
-                    (Some(range), None) if out_of_bounds(range, size) => Some((
+                    (Some(range), None) if out_of_bounds(range, size, clip_ranges) => Some((
                         StatusCode::RANGE_NOT_SATISFIABLE,
                         out_of_range(i, &entry, &format!("the object has {size} bytes")),
                     )),
@@ -591,7 +610,13 @@ async fn first_failure(
 /// Whether `range` reaches past the end of an object (or archived file) of `size` bytes. A
 /// GetBatch range is exact: `length` bytes from `start`, all inside the object, or from
 /// `start` (inside the object) to its end; it is never clipped.
-fn out_of_bounds(range: &ByteRange, size: u64) -> bool {
+///
+/// With `clip` ([`RANGES_HEADER`]), only a range that starts at or past the end of a
+/// non-empty object.
+fn out_of_bounds(range: &ByteRange, size: u64, clip: bool) -> bool {
+    if clip {
+        return size > 0 && range.resolve(size).is_none();
+    }
     match range {
         // Also a start at or past the end: start < end.
         ByteRange::Bounded(r) => r.end > size,
@@ -642,6 +667,8 @@ struct MossAssemble {
     entries: Vec<Entry>,
     coer: bool,
     completion_order: bool,
+    /// [`RANGES_HEADER`].
+    clip_ranges: bool,
     max_extract: u64,
     metadata: Option<Arc<Mutex<Vec<MossOut>>>>,
     /// With `coer: false`, the failure that cut the batch (its status and message), for a
@@ -682,7 +709,7 @@ impl MossAssemble {
         let Some(archpath) = &entry.archpath else {
             // The store read the range, clipped at the end of the object.
             return match &entry.range {
-                Some(range) if short_read(range, data.len() as u64) => {
+                Some(range) if !self.clip_ranges && short_read(range, data.len() as u64) => {
                     let (start, _) = start_length(range);
                     Err(range_failed(&if data.is_empty() {
                         "it starts at or past the end of the object".to_string()
@@ -711,7 +738,7 @@ impl MossAssemble {
             Some(range) => {
                 let size = file.len() as u64;
                 match range.resolve(size) {
-                    Some(r) if !out_of_bounds(range, size) => {
+                    Some(r) if !out_of_bounds(range, size, self.clip_ranges) => {
                         Ok(file.slice(r.start as usize..r.end as usize))
                     }
                     _ => Err(range_failed(&format!("the archived file has {size} bytes"))),
@@ -923,5 +950,56 @@ mod tests {
         assert_eq!(s.range, Some(ByteRange::Offset(1)));
         assert_eq!(s.archpath.as_deref(), Some("x/y"));
         assert_eq!(s.name, "s.tar/x/y");
+        assert!(!request.head.clip_ranges);
+
+        // .tar.lz4; `coloc` (any value) and unknown fields ignored; the clip header.
+        for coloc in ["2", "true", "\"x\"", "null"] {
+            let body = format!(
+                r#"{{"in":[{{"objname":"a","new":1}}],"mime":".tar.lz4","coloc":{coloc},"new":{{}}}}"#
+            );
+            let uri = "/v1/ml/moss/data?coloc=2".parse().unwrap();
+            let mut headers = HeaderMap::new();
+            headers.insert(RANGES_HEADER, HeaderValue::from_static("clip"));
+            let request = parse_getbatch_request(
+                &Method::GET,
+                &uri,
+                &headers,
+                body.as_bytes(),
+                &limits,
+                &exists,
+            )
+            .unwrap();
+            assert_eq!(request.output, Output::Tar(Compression::Lz4));
+            assert!(request.head.clip_ranges);
+        }
+    }
+
+    #[test]
+    fn ranges_are_exact_unless_clipped() {
+        let bounded = ByteRange::Bounded(2..5);
+        let open = ByteRange::Offset(4);
+        for (range, size, exact, clipped) in [
+            (&bounded, 5, false, false),
+            (&bounded, 4, true, false),
+            (&bounded, 2, true, true),
+            (&bounded, 0, true, false),
+            (&open, 5, false, false),
+            (&open, 4, true, true),
+            (&open, 0, true, false),
+        ] {
+            assert_eq!(
+                out_of_bounds(range, size, false),
+                exact,
+                "{range} of {size}"
+            );
+            assert_eq!(
+                out_of_bounds(range, size, true),
+                clipped,
+                "{range} of {size}"
+            );
+        }
+        // What a store answers (clipped): short means out of bounds.
+        assert!(short_read(&bounded, 2) && !short_read(&bounded, 3));
+        assert!(short_read(&open, 0) && !short_read(&open, 1));
     }
 }
