@@ -322,7 +322,8 @@ pub struct GetBatchHead {
     pub default_bucket: Option<String>,
     /// `x-getmany-order: completion`.
     pub completion_order: bool,
-    /// `x-getmany-ranges: clip` ([`RANGES_HEADER`]).
+    /// `x-getmany-ranges: clip`: ranges clipped at the end of the object, as the `Store`
+    /// trait clips them (not exact, as in AIStore).
     pub clip_ranges: bool,
 }
 
@@ -821,9 +822,9 @@ impl Assemble for MossAssemble {
 
 /// The bytes allocated up front for an archived file that declares `declared` bytes (already
 /// checked against the server's `max_buffered_bytes`) in an archive of `held` bytes: no more
-/// than the archive can hold (`held`, or 1032 times it, deflate's largest expansion (LZ4's is
-/// smaller), for a compressed file), so a header that declares more than that costs nothing before its
-/// bytes come out; `read_to_end` grows the buffer past it if ever needed.
+/// than the archive can hold (`held`, or 1032 times it, deflate's largest expansion, more
+/// than LZ4's, for a compressed file), so a header that declares more than that costs
+/// nothing before its bytes come out; `read_to_end` grows the buffer past it if ever needed.
 fn upfront(declared: u64, held: usize, inflates: bool) -> usize {
     let held = held as u64;
     let bound = if inflates {
