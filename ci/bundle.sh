@@ -16,6 +16,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install --quiet --disable-pip-version-check tigris-boto3-ext aistore boto3
+# lz4 (PyPI) reads the .tar.lz4 output; without it that scenario is skipped.
+"$VENV/bin/pip" install --quiet --disable-pip-version-check lz4 || echo "lz4 not installed: the .tar.lz4 scenario is skipped"
 
 # The binary needs feature `cli` (which brings `server` and `bundle`). By default it is the
 # debug binary that `cargo test --all-features` already built (nothing to compile after the

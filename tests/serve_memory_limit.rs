@@ -1,8 +1,10 @@
 //! `getmany serve`, the real binary, under an address-space limit (`prlimit --as`): requests
 //! whose ranges ask for far more than the object holds (a GetBatch entry of length
-//! `i64::MAX`, a plain GET of `bytes=1-18446744073709551614`) are answered with a 4xx or
-//! with the bytes the object has, and the server is still alive afterwards. Before the
-//! allocation fix the first such GetBatch made the server allocate ~2 TiB and abort.
+//! `i64::MAX`, a plain GET of `bytes=1-18446744073709551614`) are answered with a 4xx, a
+//! 416 placeholder (GetBatch ranges are exact) or, where ranges are clipped (plain GETs,
+//! GetBatch with `x-getmany-ranges: clip`), with the bytes the object has, and the server is
+//! still alive afterwards. Before the allocation fix the first such GetBatch made the server
+//! allocate ~2 TiB and abort.
 
 #![cfg(feature = "cli")]
 
@@ -164,13 +166,20 @@ fn multipart_archive(body: &[u8]) -> &[u8] {
 }
 
 /// Sends a GetBatch request; `None` if the server did not answer at all.
-async fn moss(url: &str, body: serde_json::Value) -> Result<(u16, Vec<u8>), reqwest::Error> {
-    let response = client()
+/// A GetBatch; `clip` sends `x-getmany-ranges: clip` (the `Store` trait's clipped ranges,
+/// as `BundleStore` asks for them).
+async fn moss(
+    url: &str,
+    body: serde_json::Value,
+    clip: bool,
+) -> Result<(u16, Vec<u8>), reqwest::Error> {
+    let mut request = client()
         .get(format!("{url}/v1/ml/moss/data"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await?;
+        .header("content-type", "application/json");
+    if clip {
+        request = request.header("x-getmany-ranges", "clip");
+    }
+    let response = request.body(body.to_string()).send().await?;
     let status = response.status().as_u16();
     Ok((status, response.bytes().await?.to_vec()))
 }
@@ -220,23 +229,22 @@ async fn serve_under_a_memory_limit_answers_huge_ranges_and_stays_up() {
     let (mut server, url) = start(root.path());
     let small = small();
 
-    // The GetBatch entry of the issue: start 1, length i64::MAX; streamed and multipart.
+    // The GetBatch entry of the issue: start 1, length i64::MAX; streamed and multipart;
+    // exact (out of bounds: a placeholder) and clipped.
     for strm in [true, false] {
-        let body = serde_json::json!({
-            "in": [{"objname": "small.txt", "start": 1, "length": i64::MAX}],
-            "strm": strm, "coer": true, "mime": ".tar"
-        });
-        let what = format!("GetBatch start 1 length i64::MAX (strm {strm})");
-        check_moss(
-            &mut server,
-            &what,
-            moss(&url, body).await,
-            Some(&small[1..]),
-        );
-        server.assert_alive(&what);
+        for (clip, want) in [(false, None), (true, Some(&small[1..]))] {
+            let body = serde_json::json!({
+                "in": [{"objname": "small.txt", "start": 1, "length": i64::MAX}],
+                "strm": strm, "coer": true, "mime": ".tar"
+            });
+            let what = format!("GetBatch start 1 length i64::MAX (strm {strm}, clip {clip})");
+            check_moss(&mut server, &what, moss(&url, body, clip).await, want);
+            server.assert_alive(&what);
+        }
     }
-    // Other huge lengths, and a start far past the end.
-    for (start, length, want) in [
+    // Other huge lengths, and a start far past the end: out of bounds when exact; clipped
+    // with the header, except a start past the end.
+    for (start, length, clipped) in [
         (0i64, i64::MAX, Some(&small[..])),
         (100, i64::MAX - 100, Some(&small[100..])),
         (1, 1 << 40, Some(&small[1..])),
@@ -244,13 +252,15 @@ async fn serve_under_a_memory_limit_answers_huge_ranges_and_stays_up() {
         (i64::MAX - 1, 1, None),
         (1 << 40, 1 << 40, None),
     ] {
-        let body = serde_json::json!({
-            "in": [{"objname": "small.txt", "start": start, "length": length}],
-            "strm": true, "coer": true
-        });
-        let what = format!("GetBatch start {start} length {length}");
-        check_moss(&mut server, &what, moss(&url, body).await, want);
-        server.assert_alive(&what);
+        for (clip, want) in [(false, None), (true, clipped)] {
+            let body = serde_json::json!({
+                "in": [{"objname": "small.txt", "start": start, "length": length}],
+                "strm": true, "coer": true
+            });
+            let what = format!("GetBatch start {start} length {length} (clip {clip})");
+            check_moss(&mut server, &what, moss(&url, body, clip).await, want);
+            server.assert_alive(&what);
+        }
     }
 
     // Plain ranged GETs of the S3 interface. (s3s answers 400 to the first, an end it

@@ -126,6 +126,7 @@ fuzz_target!(|data: &[u8]| {
                 "" | ".tar" | "tar" => Output::Tar(Compression::None),
                 ".tgz" | ".tar.gz" | "tgz" | "tar.gz" => Output::Tar(Compression::Gzip),
                 ".zip" | "zip" => Output::Zip,
+                ".tar.lz4" | "tar.lz4" => Output::Tar(Compression::Lz4),
                 other => panic!("accepted mime {other:?}"),
             };
             assert_eq!(request.output, output);

@@ -26,6 +26,9 @@ const ERRORS_MEMBER: &str = "__bundle_errors.json";
 const MISSING_DIR: &str = "__404__/";
 /// Asks a getmany server for completion-order members; confirmed by the same header.
 const ORDER_HEADER: &str = "x-getmany-order";
+/// Asks a getmany server for the `Store` trait's ranges (clipped at the end of the object)
+/// rather than GetBatch's exact ones (out of bounds: range not satisfiable).
+const RANGES_HEADER: &str = "x-getmany-ranges";
 /// The getmany server's PAX records on failed entries.
 const PAX_STATUS: &str = "GETMANY.status";
 const PAX_ERROR: &str = "GETMANY.error";
@@ -270,6 +273,9 @@ impl Wire {
         }
         if self.completion_order {
             headers.insert(ORDER_HEADER, HeaderValue::from_static("completion"));
+        }
+        if self.protocol == BundleProtocol::AiStore {
+            headers.insert(RANGES_HEADER, HeaderValue::from_static("clip"));
         }
         if let Some((access, secret)) = &self.credentials {
             sign(

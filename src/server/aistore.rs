@@ -19,10 +19,16 @@ use super::service::{
     route_response, to_route_response,
 };
 use super::{Limits, invalid_key_reason};
-use crate::{ByteRange, Error, Request, Result, Store, slice_object};
+use crate::{ByteRange, Error, Request, Result, Store};
 
 /// The directory of placeholders for failed entries (`coer: true`).
 pub const MISSING_DIR: &str = "__404__";
+
+/// A getmany extension: `x-getmany-ranges: clip` asks for the ranges of the [`Store`] trait
+/// (a range reaching past the end of an object is clipped there; one starting at or past the
+/// end of a non-empty object still fails), which [`BundleStore`](crate) sends. Without it a
+/// range is exact, as in AIStore: out of bounds is 416 (or a placeholder with `coer`).
+pub const RANGES_HEADER: &str = "x-getmany-ranges";
 
 /// Concurrent existence checks when `coer` is false, per request.
 const PRECHECK_CONCURRENCY: usize = 64;
@@ -39,6 +45,13 @@ struct MossReq {
     onob: Option<bool>,
     #[serde(default)]
     strm: Option<bool>,
+    /// `coloc`: a placement hint for AIStore's targets (0 none, 1 target-aware, 2 target- and
+    /// shard-aware; some clients send a bool). Nothing to place here: accepted, whatever its
+    /// value, and ignored, as it is in the query (`?coloc=`). Other unknown fields are
+    /// ignored too.
+    #[serde(default)]
+    #[allow(dead_code)]
+    coloc: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -122,6 +135,7 @@ pub(crate) async fn handle(
         Err(e) => return Ok(error(shared, e.status, &e.message)),
     };
     let completion_order = head.completion_order;
+    let clip_ranges = head.clip_ranges;
 
     let body = match read_body(&req.headers, &mut req.input, shared.limits.max_body_bytes).await {
         Ok(body) => body,
@@ -141,6 +155,7 @@ pub(crate) async fn handle(
             ));
         }
     };
+    // The query (`provider`, `coloc`, ...) carries nothing this server acts on.
     let bucket_exists = |bucket: &str| shared.buckets.contains_key(bucket);
     let GetBatchRequest {
         entries,
@@ -159,8 +174,11 @@ pub(crate) async fn handle(
         .collect();
 
     if !coer {
-        let checked =
-            tokio::time::timeout_at(context.deadline, first_failure(&entries, &stores)).await;
+        let checked = tokio::time::timeout_at(
+            context.deadline,
+            first_failure(&entries, &stores, clip_ranges),
+        )
+        .await;
         match checked {
             Err(_) => {
                 return Ok(error(
@@ -197,12 +215,15 @@ pub(crate) async fn handle(
         context.stats.clone(),
     );
     let metadata = (!streaming).then(|| Arc::new(Mutex::new(Vec::with_capacity(entries.len()))));
+    let failure = Arc::new(Mutex::new(None));
     let assemble = MossAssemble {
         entries,
         coer,
         completion_order,
+        clip_ranges,
         max_extract: shared.limits.max_buffered_bytes,
         metadata: metadata.clone(),
+        failure: failure.clone(),
     };
     let (writer, compression, content_type, extension) = match output {
         Output::Tar(Compression::None) => (
@@ -210,6 +231,12 @@ pub(crate) async fn handle(
             Compression::None,
             "application/x-tar",
             "tar",
+        ),
+        Output::Tar(Compression::Lz4) => (
+            ArchiveWriter::tar(),
+            Compression::Lz4,
+            "application/x-lz4",
+            "tar.lz4",
         ),
         Output::Tar(c) => (ArchiveWriter::tar(), c, "application/gzip", "tgz"),
         Output::Zip => (
@@ -245,12 +272,20 @@ pub(crate) async fn handle(
     let bytes = match collect_limited(archive, shared.limits.max_buffered_bytes).await {
         Ok(bytes) => bytes,
         Err(e) => {
-            let status = if e.kind() == std::io::ErrorKind::TimedOut {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
+            // An entry that failed with `coer: false` answers with its own status (404, 416,
+            // ...) and message; anything else is the server's.
+            let failed = failure
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            let (status, message) = match failed {
+                Some(failed) => failed,
+                None if e.kind() == std::io::ErrorKind::TimedOut => {
+                    (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                }
+                None => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             };
-            return Ok(error(shared, status, &e.to_string()));
+            return Ok(error(shared, status, &message));
         }
     };
     let out = metadata
@@ -287,6 +322,9 @@ pub struct GetBatchHead {
     pub default_bucket: Option<String>,
     /// `x-getmany-order: completion`.
     pub completion_order: bool,
+    /// `x-getmany-ranges: clip`: ranges clipped at the end of the object, as the `Store`
+    /// trait clips them (not exact, as in AIStore).
+    pub clip_ranges: bool,
 }
 
 /// A parsed and validated GetBatch request.
@@ -357,9 +395,14 @@ impl GetBatchHead {
             .get(ORDER_HEADER)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim() == "completion");
+        let clip_ranges = headers
+            .get(RANGES_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "clip");
         Ok(GetBatchHead {
             default_bucket,
             completion_order,
+            clip_ranges,
         })
     }
 
@@ -392,14 +435,10 @@ impl GetBatchHead {
             "" | ".tar" | "tar" => Output::Tar(Compression::None),
             ".tgz" | ".tar.gz" | "tgz" | "tar.gz" => Output::Tar(Compression::Gzip),
             ".zip" | "zip" => Output::Zip,
-            ".tar.lz4" => {
-                return Err(refused(
-                    "output format .tar.lz4 is not supported by this server; use .tar, .tgz or .zip",
-                ));
-            }
+            ".tar.lz4" | "tar.lz4" => Output::Tar(Compression::Lz4),
             other => {
                 return Err(refused(format!(
-                    "unknown output format {other:?}; use .tar, .tgz, .tar.gz or .zip"
+                    "unknown output format {other:?}; use .tar, .tgz, .tar.gz, .tar.lz4 or .zip"
                 )));
             }
         };
@@ -530,6 +569,7 @@ fn decode_opaque(value: &str) -> Option<Vec<u8>> {
 async fn first_failure(
     entries: &[Entry],
     stores: &[Arc<dyn Store>],
+    clip_ranges: bool,
 ) -> Option<(StatusCode, String)> {
     let owned: Vec<(usize, Entry, Arc<dyn Store>)> = entries
         .iter()
@@ -548,9 +588,9 @@ async fn first_failure(
                 )),
                 Err(e) => Some((status_of(&e), format!("{name}: {}", public_error(&e)))),
                 Ok(Some(size)) => match (&entry.range, &entry.archpath) {
-                    (Some(range), None) if size > 0 && range.resolve(size).is_none() => Some((
+                    (Some(range), None) if out_of_bounds(range, size, clip_ranges) => Some((
                         StatusCode::RANGE_NOT_SATISFIABLE,
-                        format!("range {range} of {name} starts past its end ({size} bytes)"),
+                        out_of_range(i, &entry, &format!("the object has {size} bytes")),
                     )),
                     _ => None,
                 },
@@ -568,15 +608,146 @@ async fn first_failure(
         .map(|(_, failure)| failure)
 }
 
+/// Whether `range` reaches past the end of an object (or archived file) of `size` bytes. A
+/// GetBatch range is exact: `length` bytes from `start`, all inside the object, or from
+/// `start` (inside the object) to its end; it is never clipped.
+///
+/// With `clip` ([`RANGES_HEADER`]), only a range that starts at or past the end of a
+/// non-empty object.
+fn out_of_bounds(range: &ByteRange, size: u64, clip: bool) -> bool {
+    if clip {
+        return size > 0 && range.resolve(size).is_none();
+    }
+    match range {
+        // Also a start at or past the end: start < end.
+        ByteRange::Bounded(r) => r.end > size,
+        ByteRange::Offset(start) => *start >= size,
+        ByteRange::Suffix(n) => *n > size,
+    }
+}
+
+/// Whether `got` bytes, read for `range` from a store (which clips a range at the end of the
+/// object, and reads any range of an empty object as empty), fall short of the range: the
+/// range was out of bounds.
+fn short_read(range: &ByteRange, got: u64) -> bool {
+    match range {
+        ByteRange::Bounded(r) => got < r.end - r.start,
+        // A start inside the object reads at least one byte.
+        ByteRange::Offset(_) => got == 0,
+        ByteRange::Suffix(n) => got < *n,
+    }
+}
+
+/// The range as the request gave it: `(start, length)`, length -1 for "to the end".
+fn start_length(range: &ByteRange) -> (u64, i64) {
+    match range {
+        ByteRange::Bounded(r) => (r.start, (r.end - r.start) as i64),
+        ByteRange::Offset(start) => (*start, -1),
+        ByteRange::Suffix(n) => (0, *n as i64),
+    }
+}
+
+/// `<bucket>/<objname>[/<archpath>]`.
+fn full_name(entry: &Entry) -> String {
+    match &entry.archpath {
+        Some(archpath) => format!("{}/{}/{archpath}", entry.bucket, entry.objname),
+        None => format!("{}/{}", entry.bucket, entry.objname),
+    }
+}
+
+/// The message of an out-of-bounds range: the entry, its range, and `why`.
+fn out_of_range(index: usize, entry: &Entry, why: &str) -> String {
+    let (start, length) = entry.range.as_ref().map_or((0, 0), start_length);
+    format!(
+        "entry {index} ({}): range start {start}, length {length} is out of bounds: {why}",
+        full_name(entry)
+    )
+}
+
 struct MossAssemble {
     entries: Vec<Entry>,
     coer: bool,
     completion_order: bool,
+    /// [`RANGES_HEADER`].
+    clip_ranges: bool,
     max_extract: u64,
     metadata: Option<Arc<Mutex<Vec<MossOut>>>>,
+    /// With `coer: false`, the failure that cut the batch (its status and message), for a
+    /// multipart answer, which has not started yet.
+    failure: Arc<Mutex<Option<(StatusCode, String)>>>,
 }
 
 impl MossAssemble {
+    /// The bytes of entry `index` from what the store answered, or why it failed (status and
+    /// message): an archived file is cut out of the archive object; a range must be inside
+    /// the object (or archived file).
+    fn outcome(
+        &self,
+        index: usize,
+        entry: &Entry,
+        result: Result<Option<Bytes>>,
+    ) -> std::result::Result<Bytes, (StatusCode, String)> {
+        let range_failed = |why: &str| {
+            (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                out_of_range(index, entry, why),
+            )
+        };
+        let data = match result {
+            Ok(Some(data)) => data,
+            Ok(None) => {
+                return Err((
+                    StatusCode::NOT_FOUND,
+                    format!("object {}/{} does not exist", entry.bucket, entry.objname),
+                ));
+            }
+            // A range that starts at or past the end of a non-empty object.
+            Err(Error::InvalidRange { reason, .. }) if entry.range.is_some() => {
+                return Err(range_failed(&reason));
+            }
+            Err(e) => return Err((status_of(&e), public_error(&e))),
+        };
+        let Some(archpath) = &entry.archpath else {
+            // The store read the range, clipped at the end of the object.
+            return match &entry.range {
+                Some(range) if !self.clip_ranges && short_read(range, data.len() as u64) => {
+                    let (start, _) = start_length(range);
+                    Err(range_failed(&if data.is_empty() {
+                        "it starts at or past the end of the object".to_string()
+                    } else {
+                        format!("the object has {} bytes", start + data.len() as u64)
+                    }))
+                }
+                _ => Ok(data),
+            };
+        };
+        let file = match extract(&entry.objname, &data, archpath, self.max_extract) {
+            Ok(Some(file)) => file,
+            Ok(None) => {
+                return Err((
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "{}/{}: no file {archpath:?} in the archive",
+                        entry.bucket, entry.objname
+                    ),
+                ));
+            }
+            Err(e) => return Err((status_of(&e), public_error(&e))),
+        };
+        match &entry.range {
+            None => Ok(file),
+            Some(range) => {
+                let size = file.len() as u64;
+                match range.resolve(size) {
+                    Some(r) if !out_of_bounds(range, size, self.clip_ranges) => {
+                        Ok(file.slice(r.start as usize..r.end as usize))
+                    }
+                    _ => Err(range_failed(&format!("the archived file has {size} bytes"))),
+                }
+            }
+        }
+    }
+
     fn record(&self, entry: &Entry, size: u64, err_msg: Option<String>) {
         if let Some(metadata) = &self.metadata {
             metadata
@@ -614,27 +785,10 @@ impl Assemble for MossAssemble {
         let Some(entry) = self.entries.get_mut(index).map(std::mem::take) else {
             return Err(format!("internal: answer for unknown entry {index}"));
         };
-        // An archived file: cut it out of the archive object, then apply the range.
-        let result = match (&entry.archpath, result) {
-            (Some(archpath), Ok(Some(archive))) => {
-                extract(&entry.objname, &archive, archpath, self.max_extract).and_then(|file| {
-                    match file {
-                        None => Ok(None),
-                        Some(file) => slice_object(
-                            &format!("{}/{archpath}", entry.objname),
-                            &file,
-                            entry.range.clone(),
-                        )
-                        .map(Some),
-                    }
-                })
-            }
-            (_, result) => result,
-        };
         let mut pax = Vec::new();
         let member_index = self.completion_order.then_some(index);
-        let (status, message) = match result {
-            Ok(Some(data)) => {
+        let (status, message) = match self.outcome(index, &entry, result) {
+            Ok(data) => {
                 self.record(&entry, data.len() as u64, None);
                 return Ok(Some(Member {
                     name: entry.name,
@@ -643,20 +797,12 @@ impl Assemble for MossAssemble {
                     index: member_index,
                 }));
             }
-            Ok(None) => (
-                StatusCode::NOT_FOUND,
-                match &entry.archpath {
-                    Some(archpath) => format!(
-                        "{}/{}: no file {archpath:?} in the archive (or no such object)",
-                        entry.bucket, entry.objname
-                    ),
-                    None => format!("object {}/{} does not exist", entry.bucket, entry.objname),
-                },
-            ),
-            Err(e) => (status_of(&e), public_error(&e)),
+            Err(failed) => failed,
         };
         if !self.coer {
-            return Err(format!("{message}; the batch is cut (coer is false)"));
+            let cut = format!("{message}; the batch is cut (coer is false)");
+            *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some((status, message));
+            return Err(cut);
         }
         self.record(&entry, 0, Some(message.clone()));
         pax.push((PAX_STATUS, status.as_u16().to_string()));
@@ -676,9 +822,9 @@ impl Assemble for MossAssemble {
 
 /// The bytes allocated up front for an archived file that declares `declared` bytes (already
 /// checked against the server's `max_buffered_bytes`) in an archive of `held` bytes: no more
-/// than the archive can hold (`held`, or 1032 times it, deflate's largest expansion, for a
-/// compressed file), so a header that declares more than that costs nothing before its
-/// bytes come out; `read_to_end` grows the buffer past it if ever needed.
+/// than the archive can hold (`held`, or 1032 times it, deflate's largest expansion, more
+/// than LZ4's, for a compressed file), so a header that declares more than that costs
+/// nothing before its bytes come out; `read_to_end` grows the buffer past it if ever needed.
 fn upfront(declared: u64, held: usize, inflates: bool) -> usize {
     let held = held as u64;
     let bound = if inflates {
@@ -689,8 +835,8 @@ fn upfront(declared: u64, held: usize, inflates: bool) -> usize {
     usize::try_from(declared.min(bound)).unwrap_or(usize::MAX)
 }
 
-/// The file at `archpath` inside the archive object `objname` (tar, tgz/tar.gz or zip, by
-/// the object's extension), or `None` if the archive has no such file.
+/// The file at `archpath` inside the archive object `objname` (tar, tgz/tar.gz, tar.lz4 or
+/// zip, by the object's extension), or `None` if the archive has no such file.
 fn extract(objname: &str, archive: &Bytes, archpath: &str, limit: u64) -> Result<Option<Bytes>> {
     let invalid = |reason: String| Error::InvalidData {
         key: objname.to_string(),
@@ -718,19 +864,16 @@ fn extract(objname: &str, archive: &Bytes, archpath: &str, limit: u64) -> Result
             .map_err(|e| invalid(format!("reading {archpath:?}: {e}")))?;
         return Ok(Some(Bytes::from(out)));
     }
-    let gzipped = !lower.ends_with(".tar");
+    let compressed = !lower.ends_with(".tar");
     let reader: Box<dyn Read> = if lower.ends_with(".tar") {
         Box::new(archive.as_ref())
     } else if lower.ends_with(".tgz") || lower.ends_with(".tar.gz") {
         Box::new(flate2::read::GzDecoder::new(archive.as_ref()))
     } else if lower.ends_with(".tar.lz4") {
-        return Err(Error::NotSupported {
-            store: "getmany server",
-            operation: format!("archpath in {objname:?}: .tar.lz4 archives"),
-        });
+        Box::new(lz4_flex::frame::FrameDecoder::new(archive.as_ref()))
     } else {
         return Err(invalid(
-            "archpath needs an archive object named .tar, .tgz, .tar.gz or .zip".into(),
+            "archpath needs an archive object named .tar, .tgz, .tar.gz, .tar.lz4 or .zip".into(),
         ));
     };
     let mut tar = tar::Archive::new(reader);
@@ -752,7 +895,7 @@ fn extract(objname: &str, archive: &Bytes, archpath: &str, limit: u64) -> Result
                 "{archpath:?} is {size} bytes, over the server's limit of {limit}"
             )));
         }
-        let mut out = Vec::with_capacity(upfront(size, archive.len(), gzipped));
+        let mut out = Vec::with_capacity(upfront(size, archive.len(), compressed));
         entry
             .take(limit)
             .read_to_end(&mut out)
@@ -808,5 +951,56 @@ mod tests {
         assert_eq!(s.range, Some(ByteRange::Offset(1)));
         assert_eq!(s.archpath.as_deref(), Some("x/y"));
         assert_eq!(s.name, "s.tar/x/y");
+        assert!(!request.head.clip_ranges);
+
+        // .tar.lz4; `coloc` (any value) and unknown fields ignored; the clip header.
+        for coloc in ["2", "true", "\"x\"", "null"] {
+            let body = format!(
+                r#"{{"in":[{{"objname":"a","new":1}}],"mime":".tar.lz4","coloc":{coloc},"new":{{}}}}"#
+            );
+            let uri = "/v1/ml/moss/data?coloc=2".parse().unwrap();
+            let mut headers = HeaderMap::new();
+            headers.insert(RANGES_HEADER, HeaderValue::from_static("clip"));
+            let request = parse_getbatch_request(
+                &Method::GET,
+                &uri,
+                &headers,
+                body.as_bytes(),
+                &limits,
+                &exists,
+            )
+            .unwrap();
+            assert_eq!(request.output, Output::Tar(Compression::Lz4));
+            assert!(request.head.clip_ranges);
+        }
+    }
+
+    #[test]
+    fn ranges_are_exact_unless_clipped() {
+        let bounded = ByteRange::Bounded(2..5);
+        let open = ByteRange::Offset(4);
+        for (range, size, exact, clipped) in [
+            (&bounded, 5, false, false),
+            (&bounded, 4, true, false),
+            (&bounded, 2, true, true),
+            (&bounded, 0, true, false),
+            (&open, 5, false, false),
+            (&open, 4, true, true),
+            (&open, 0, true, false),
+        ] {
+            assert_eq!(
+                out_of_bounds(range, size, false),
+                exact,
+                "{range} of {size}"
+            );
+            assert_eq!(
+                out_of_bounds(range, size, true),
+                clipped,
+                "{range} of {size}"
+            );
+        }
+        // What a store answers (clipped): short means out of bounds.
+        assert!(short_read(&bounded, 2) && !short_read(&bounded, 3));
+        assert!(short_read(&open, 0) && !short_read(&open, 1));
     }
 }

@@ -1,10 +1,10 @@
-//! Writing a bundle's response body: tar or zip members, then optional gzip/zstd compression
-//! of the whole body, produced chunk by chunk as members arrive.
+//! Writing a bundle's response body: tar or zip members, then optional gzip, zstd or LZ4
+//! compression of the whole body, produced chunk by chunk as members arrive.
 
 use std::collections::VecDeque;
 use std::io::Write;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -36,38 +36,8 @@ pub struct Member {
 pub enum ArchiveWriter {
     /// POSIX tar (ustar headers, PAX records for long names and metadata).
     Tar,
-    /// A zip archive with stored (uncompressed) members and data descriptors.
+    /// A zip archive with stored (uncompressed) members.
     Zip(Box<ZipState>),
-}
-
-/// The state of a streaming zip writer: the zip crate writes into a shared buffer that is
-/// drained after every member.
-pub struct ZipState {
-    writer: Option<zip::ZipWriter<zip::write::StreamWriter<SharedBuf>>>,
-    buf: SharedBuf,
-}
-
-#[derive(Clone, Default)]
-struct SharedBuf(Arc<Mutex<Vec<u8>>>);
-
-impl SharedBuf {
-    fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-}
-
-impl Write for SharedBuf {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 impl ArchiveWriter {
@@ -78,12 +48,7 @@ impl ArchiveWriter {
 
     /// A zip writer.
     pub fn zip() -> Self {
-        let buf = SharedBuf::default();
-        let writer = zip::ZipWriter::new_stream(buf.clone());
-        ArchiveWriter::Zip(Box::new(ZipState {
-            writer: Some(writer),
-            buf,
-        }))
+        ArchiveWriter::Zip(Box::default())
     }
 
     /// Writes `member` into `out`.
@@ -93,20 +58,7 @@ impl ArchiveWriter {
                 tar_member(member, out);
                 Ok(())
             }
-            ArchiveWriter::Zip(state) => {
-                let Some(writer) = state.writer.as_mut() else {
-                    return Err(std::io::Error::other("zip archive already finished"));
-                };
-                let options = zip::write::SimpleFileOptions::default()
-                    .compression_method(zip::CompressionMethod::Stored)
-                    .large_file(member.data.len() as u64 >= u64::from(u32::MAX));
-                writer
-                    .start_file(member.name.as_str(), options)
-                    .map_err(std::io::Error::other)?;
-                writer.write_all(&member.data)?;
-                out.push_bytes(Bytes::from(state.buf.take()));
-                Ok(())
-            }
+            ArchiveWriter::Zip(state) => state.member(member, out),
         }
     }
 
@@ -118,14 +70,220 @@ impl ArchiveWriter {
                 Ok(())
             }
             ArchiveWriter::Zip(state) => {
-                let Some(writer) = state.writer.take() else {
-                    return Ok(());
-                };
-                writer.finish().map_err(std::io::Error::other)?;
-                out.push_bytes(Bytes::from(state.buf.take()));
+                state.finish(out);
                 Ok(())
             }
         }
+    }
+}
+
+// Zip records (APPNOTE.TXT 6.3.x): signatures, versions and the fixed fields this writer uses.
+const ZIP_LOCAL_HEADER: u32 = 0x0403_4b50;
+const ZIP_CENTRAL_HEADER: u32 = 0x0201_4b50;
+const ZIP64_END: u32 = 0x0606_4b50;
+const ZIP64_LOCATOR: u32 = 0x0706_4b50;
+const ZIP_END: u32 = 0x0605_4b50;
+/// Version needed to extract: 2.0 (stored members), 4.5 (zip64 records).
+const ZIP_VERSION: u16 = 20;
+const ZIP64_VERSION: u16 = 45;
+/// Version made by: Unix (3), spec 4.5, so readers take the Unix mode of the external
+/// attributes.
+const ZIP_MADE_BY: u16 = (3 << 8) | ZIP64_VERSION;
+/// General purpose flag bit 11: names are UTF-8.
+const ZIP_UTF8: u16 = 1 << 11;
+/// 1980-01-01 00:00, the earliest MS-DOS date (the tar members' mtime is 0 too).
+const ZIP_DOS_TIME: u16 = 0;
+const ZIP_DOS_DATE: u16 = (1 << 5) | 1;
+/// A regular file, mode 0644, in the high half of the external attributes.
+const ZIP_EXTERNAL_ATTRIBUTES: u32 = 0o100_644 << 16;
+/// The zip64 extended information extra field's id.
+const ZIP64_EXTRA: u16 = 0x0001;
+/// A 32-bit size or offset at or above this is in a zip64 record instead (the field holds
+/// this value as a marker).
+const ZIP64_MARK_32: u64 = u32::MAX as u64;
+/// An entry count at or above this is in a zip64 record instead.
+const ZIP64_MARK_16: u64 = u16::MAX as u64;
+
+/// A zip being written, member by member.
+///
+/// Every member is stored (no compression) and whole before its header is written, so its
+/// CRC-32 and sizes go in its local header: no data descriptors, and a reader that walks the
+/// local headers (a streaming reader) finds every member. The central directory is written at
+/// the end. Zip64 records are used where a size, an offset or the entry count does not fit the
+/// 32-bit (16-bit for the count) fields.
+///
+/// Names are written as given, duplicates included: a GetBatch answers every entry, in
+/// order, as AIStore does (the `zip` crate's writer refuses a duplicate name; readers that
+/// list the central directory, such as Python's `zipfile`, see every entry).
+#[derive(Debug, Default)]
+pub struct ZipState {
+    /// Bytes written so far: the offset of the next local header.
+    offset: u64,
+    /// The central directory so far.
+    central: Vec<u8>,
+    /// Members written.
+    count: u64,
+    finished: bool,
+    /// Zip64 records for every member and at the end, whatever the sizes (tests only: the
+    /// zip64 paths without 4 GiB of data).
+    force_zip64: bool,
+}
+
+fn put16(out: &mut Vec<u8>, value: u16) {
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
+fn put32(out: &mut Vec<u8>, value: u32) {
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
+fn put64(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
+/// `value` in a 32-bit field: itself, or the zip64 marker.
+fn field32(value: u64, zip64: bool) -> u32 {
+    if zip64 { u32::MAX } else { value as u32 }
+}
+
+impl ZipState {
+    /// A writer that uses zip64 records everywhere (tests).
+    #[cfg(test)]
+    fn forcing_zip64() -> Self {
+        ZipState {
+            force_zip64: true,
+            ..ZipState::default()
+        }
+    }
+
+    fn member(&mut self, member: Member, out: &mut Frames) -> std::io::Result<()> {
+        if self.finished {
+            return Err(std::io::Error::other("zip archive already finished"));
+        }
+        let name = member.name.as_bytes();
+        let Ok(name_len) = u16::try_from(name.len()) else {
+            return Err(std::io::Error::other(format!(
+                "the member name {:?} is {} bytes, more than a zip entry holds (65535)",
+                member.name,
+                name.len()
+            )));
+        };
+        let size = member.data.len() as u64;
+        let crc = crc32fast::hash(&member.data);
+        let offset = self.offset;
+        let big = self.force_zip64 || size >= ZIP64_MARK_32;
+        let far = self.force_zip64 || offset >= ZIP64_MARK_32;
+
+        // The local header: the zip64 extra field holds both sizes, when used.
+        let mut local = Vec::with_capacity(30 + name.len() + 20);
+        put32(&mut local, ZIP_LOCAL_HEADER);
+        put16(&mut local, if big { ZIP64_VERSION } else { ZIP_VERSION });
+        put16(&mut local, ZIP_UTF8);
+        put16(&mut local, 0); // stored
+        put16(&mut local, ZIP_DOS_TIME);
+        put16(&mut local, ZIP_DOS_DATE);
+        put32(&mut local, crc);
+        put32(&mut local, field32(size, big)); // compressed size
+        put32(&mut local, field32(size, big)); // uncompressed size
+        put16(&mut local, name_len);
+        put16(&mut local, if big { 20 } else { 0 });
+        local.extend_from_slice(name);
+        if big {
+            put16(&mut local, ZIP64_EXTRA);
+            put16(&mut local, 16);
+            put64(&mut local, size);
+            put64(&mut local, size);
+        }
+        self.offset += local.len() as u64 + size;
+        out.push_slice(&local);
+        out.push_bytes(member.data);
+
+        // The central directory entry: the zip64 extra field holds only the fields marked
+        // in the entry, in the order of APPNOTE 4.5.3.
+        let extra_len: u16 = if big { 16 } else { 0 } + if far { 8 } else { 0 };
+        let central = &mut self.central;
+        put32(central, ZIP_CENTRAL_HEADER);
+        put16(central, ZIP_MADE_BY);
+        put16(
+            central,
+            if big || far {
+                ZIP64_VERSION
+            } else {
+                ZIP_VERSION
+            },
+        );
+        put16(central, ZIP_UTF8);
+        put16(central, 0); // stored
+        put16(central, ZIP_DOS_TIME);
+        put16(central, ZIP_DOS_DATE);
+        put32(central, crc);
+        put32(central, field32(size, big));
+        put32(central, field32(size, big));
+        put16(central, name_len);
+        put16(central, if extra_len > 0 { 4 + extra_len } else { 0 });
+        put16(central, 0); // comment
+        put16(central, 0); // disk
+        put16(central, 0); // internal attributes
+        put32(central, ZIP_EXTERNAL_ATTRIBUTES);
+        put32(central, field32(offset, far));
+        central.extend_from_slice(name);
+        if extra_len > 0 {
+            put16(central, ZIP64_EXTRA);
+            put16(central, extra_len);
+            if big {
+                put64(central, size); // uncompressed
+                put64(central, size); // compressed
+            }
+            if far {
+                put64(central, offset);
+            }
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    /// The central directory and the end records.
+    fn finish(&mut self, out: &mut Frames) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let directory_offset = self.offset;
+        let directory_size = self.central.len() as u64;
+        let count = self.count;
+        out.push_bytes(Bytes::from(std::mem::take(&mut self.central)));
+
+        let many = self.force_zip64 || count >= ZIP64_MARK_16;
+        let long = self.force_zip64 || directory_size >= ZIP64_MARK_32;
+        let far = self.force_zip64 || directory_offset >= ZIP64_MARK_32;
+        let mut end = Vec::with_capacity(56 + 20 + 22);
+        if many || long || far {
+            let zip64_end_offset = directory_offset + directory_size;
+            put32(&mut end, ZIP64_END);
+            put64(&mut end, 44); // the size of the rest of this record
+            put16(&mut end, ZIP_MADE_BY);
+            put16(&mut end, ZIP64_VERSION);
+            put32(&mut end, 0); // this disk
+            put32(&mut end, 0); // the disk of the central directory
+            put64(&mut end, count); // entries on this disk
+            put64(&mut end, count); // entries
+            put64(&mut end, directory_size);
+            put64(&mut end, directory_offset);
+            put32(&mut end, ZIP64_LOCATOR);
+            put32(&mut end, 0); // the disk of the zip64 end record
+            put64(&mut end, zip64_end_offset);
+            put32(&mut end, 1); // disks
+        }
+        let count16 = if many { u16::MAX } else { count as u16 };
+        put32(&mut end, ZIP_END);
+        put16(&mut end, 0); // this disk
+        put16(&mut end, 0); // the disk of the central directory
+        put16(&mut end, count16);
+        put16(&mut end, count16);
+        put32(&mut end, field32(directory_size, long));
+        put32(&mut end, field32(directory_offset, far));
+        put16(&mut end, 0); // comment
+        out.push_slice(&end);
     }
 }
 
@@ -314,11 +472,14 @@ pub enum Compression {
     Gzip,
     /// zstd.
     Zstd,
+    /// The LZ4 frame format (`.tar.lz4`).
+    Lz4,
 }
 
 enum Encoder {
     Gzip(flate2::write::GzEncoder<Vec<u8>>),
     Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
+    Lz4(Box<lz4_flex::frame::FrameEncoder<Vec<u8>>>),
 }
 
 impl Encoder {
@@ -326,6 +487,7 @@ impl Encoder {
         match self {
             Encoder::Gzip(e) => e.write_all(data),
             Encoder::Zstd(e) => e.write_all(data),
+            Encoder::Lz4(e) => e.write_all(data),
         }
     }
 
@@ -333,6 +495,8 @@ impl Encoder {
         match self {
             Encoder::Gzip(e) => e.flush(),
             Encoder::Zstd(e) => e.flush(),
+            // Ends the current block: what was written so far can be decoded.
+            Encoder::Lz4(e) => e.flush(),
         }
     }
 
@@ -341,6 +505,7 @@ impl Encoder {
         match self {
             Encoder::Gzip(e) => e.get_ref().len(),
             Encoder::Zstd(e) => e.get_ref().len(),
+            Encoder::Lz4(e) => e.get_ref().len(),
         }
     }
 
@@ -348,6 +513,7 @@ impl Encoder {
         match self {
             Encoder::Gzip(e) => std::mem::take(e.get_mut()),
             Encoder::Zstd(e) => std::mem::take(e.get_mut()),
+            Encoder::Lz4(e) => std::mem::take(e.get_mut()),
         }
     }
 
@@ -355,6 +521,7 @@ impl Encoder {
         match self {
             Encoder::Gzip(e) => e.finish(),
             Encoder::Zstd(e) => e.finish(),
+            Encoder::Lz4(e) => e.finish().map_err(std::io::Error::from),
         }
     }
 }
@@ -383,6 +550,17 @@ impl<S> Compress<S> {
                 Vec::new(),
                 3,
             )?)),
+            Compression::Lz4 => {
+                // Blocks of up to 256 KiB (a flush ends one early), linked so that a short
+                // block still finds matches in the ones before it, and a content checksum.
+                let info = lz4_flex::frame::FrameInfo::new()
+                    .block_size(lz4_flex::frame::BlockSize::Max256KB)
+                    .block_mode(lz4_flex::frame::BlockMode::Linked)
+                    .content_checksum(true);
+                Some(Encoder::Lz4(Box::new(
+                    lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new()),
+                )))
+            }
             Compression::None => None,
         };
         Ok(Compress {
@@ -589,5 +767,189 @@ mod tests {
                 ("__404__/b/x".to_string(), 0, Some("404".to_string())),
             ]
         );
+    }
+
+    /// The body `writer` makes of `members` (name, bytes).
+    fn written(mut writer: ArchiveWriter, members: &[(String, Bytes)]) -> Vec<u8> {
+        let mut frames = Frames::default();
+        for (name, data) in members {
+            let member = Member {
+                name: name.clone(),
+                data: data.clone(),
+                pax: Vec::new(),
+                index: None,
+            };
+            writer.member(member, &mut frames).unwrap();
+        }
+        writer.finish(&mut frames).unwrap();
+        frames.cut();
+        let mut body = Vec::new();
+        while let Some(frame) = frames.pop() {
+            body.extend_from_slice(&frame);
+        }
+        body
+    }
+
+    /// Every entry of a zip as the `zip` crate reads it, twice: through the central directory
+    /// (`ZipIterable`, which keeps duplicate names) and through the local headers
+    /// (`read_zipfile_from_stream`), which must agree. `ZipArchive` opens it too (it keys
+    /// entries by name, so duplicates collapse there).
+    fn zip_crate_entries(body: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let mut central = Vec::new();
+        let mut iterable = zip::unstable::read::ZipIterable::try_new(
+            std::io::Cursor::new(body),
+            zip::read::Config::default(),
+        )
+        .unwrap();
+        let mut files = iterable
+            .files_with_cloned_reader(zip::ZipReadOptions::default())
+            .unwrap();
+        while let Some(file) = files.next() {
+            let mut file = file.unwrap();
+            let name = file.name().unwrap().to_string();
+            let mut data = Vec::new();
+            file.read_to_end(&mut data).unwrap();
+            central.push((name, data));
+        }
+        let mut local = Vec::new();
+        let mut reader = body;
+        while let Some(mut file) = zip::read::read_zipfile_from_stream(&mut reader).unwrap() {
+            let name = file.name().unwrap().to_string();
+            let mut data = Vec::new();
+            file.read_to_end(&mut data).unwrap();
+            local.push((name, data));
+        }
+        assert_eq!(central, local, "central directory and local headers differ");
+        let archive = zip::ZipArchive::new(std::io::Cursor::new(body)).unwrap();
+        let mut unique: Vec<&str> = central.iter().map(|(n, _)| n.as_str()).collect();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(archive.len(), unique.len());
+        assert_eq!(archive.has_duplicate_names(), unique.len() < central.len());
+        central
+    }
+
+    /// Every entry of a zip as Python's `zipfile` reads it (CRCs checked), or `None` when no
+    /// `python3` runs here.
+    fn python_zip_entries(body: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), body).unwrap();
+        let script = "import json, sys, zipfile\n\
+            z = zipfile.ZipFile(sys.argv[1])\n\
+            assert z.testzip() is None\n\
+            print(json.dumps([[i.filename, z.read(i).hex()] for i in z.infolist()]))";
+        let Ok(output) = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(file.path())
+            .output()
+        else {
+            eprintln!("python3 not found: the zip is not checked with Python's zipfile");
+            return None;
+        };
+        assert!(
+            output.status.success(),
+            "Python's zipfile: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let entries: Vec<(String, String)> = serde_json::from_slice(&output.stdout).unwrap();
+        let hex = |h: &str| {
+            (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+                .collect()
+        };
+        Some(entries.into_iter().map(|(n, h)| (n, hex(&h))).collect())
+    }
+
+    fn zip_fixture() -> Vec<(String, Bytes)> {
+        vec![
+            ("data/a".into(), Bytes::from_static(b"alpha")),
+            ("data/b/c".into(), Bytes::from(vec![7u8; 100_000])),
+            ("data/a".into(), Bytes::from_static(b"alpha")),
+            ("__404__/data/gone".into(), Bytes::new()),
+            ("data/b/c".into(), Bytes::from_static(b"c-range")),
+            (
+                "data/d\u{e9}j\u{e0}/\u{540d}".into(),
+                Bytes::from_static(b"utf-8"),
+            ),
+            ("data/a".into(), Bytes::new()),
+        ]
+    }
+
+    /// Duplicate names are written as given, every entry in order, readable by the `zip`
+    /// crate (central directory and local headers) and by Python's zipfile.
+    #[test]
+    fn zip_keeps_duplicates_in_order() {
+        let members = zip_fixture();
+        let expected: Vec<(String, Vec<u8>)> = members
+            .iter()
+            .map(|(n, d)| (n.clone(), d.to_vec()))
+            .collect();
+        for writer in [
+            ArchiveWriter::zip(),
+            ArchiveWriter::Zip(Box::new(ZipState::forcing_zip64())),
+        ] {
+            let body = written(writer, &members);
+            assert_eq!(zip_crate_entries(&body), expected);
+            if let Some(python) = python_zip_entries(&body) {
+                assert_eq!(python, expected);
+            }
+        }
+    }
+
+    /// More entries than the 16-bit count holds: the zip64 end records carry the count.
+    #[test]
+    fn zip64_end_records_for_more_than_65534_entries() {
+        let members: Vec<(String, Bytes)> = (0..70_000)
+            .map(|i| (format!("m/{}", i % 1000), Bytes::from(i.to_string())))
+            .collect();
+        let body = written(ArchiveWriter::zip(), &members);
+        let expected: Vec<(String, Vec<u8>)> = members
+            .iter()
+            .map(|(n, d)| (n.clone(), d.to_vec()))
+            .collect();
+        // The end of central directory record says "see the zip64 record".
+        let end = &body[body.len() - 22..];
+        assert_eq!(&end[..4], &ZIP_END.to_le_bytes());
+        assert_eq!(&end[8..12], &[0xff; 4]);
+        assert_eq!(zip_crate_entries(&body), expected);
+        if let Some(python) = python_zip_entries(&body) {
+            assert_eq!(python, expected);
+        }
+    }
+
+    /// Small zips have no zip64 records at all (version 2.0 readers).
+    #[test]
+    fn small_zips_have_no_zip64_records() {
+        let body = written(ArchiveWriter::zip(), &zip_fixture());
+        assert!(!body.windows(4).any(|w| w == ZIP64_END.to_le_bytes()));
+        assert_eq!(u16::from_le_bytes([body[4], body[5]]), ZIP_VERSION);
+    }
+
+    /// An LZ4 body is one LZ4 frame of the tar, readable by lz4_flex's frame decoder.
+    #[tokio::test(flavor = "current_thread")]
+    async fn lz4_compression_round_trips() {
+        use futures::StreamExt;
+        let members: Vec<(String, Bytes)> = (0..300)
+            .map(|i| (format!("o/{i}"), Bytes::from(vec![(i % 7) as u8; 1000 * i])))
+            .collect();
+        let tar = written(ArchiveWriter::tar(), &members);
+        let chunks: Vec<std::io::Result<Bytes>> = tar
+            .chunks(100_000)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let compressed: Vec<u8> = Compress::new(futures::stream::iter(chunks), Compression::Lz4)
+            .unwrap()
+            .map(|chunk| chunk.unwrap())
+            .collect::<Vec<_>>()
+            .await
+            .concat();
+        assert!(compressed.len() < tar.len() / 10);
+        let mut decoded = Vec::new();
+        lz4_flex::frame::FrameDecoder::new(&compressed[..])
+            .read_to_end(&mut decoded)
+            .unwrap();
+        assert_eq!(decoded, tar);
     }
 }

@@ -11,12 +11,22 @@
 //!   body itself (no `Content-Encoding`). More than [`Limits::max_keys`] keys, an empty list or
 //!   a body over [`Limits::max_body_bytes`] answer 400. Errors are S3-style XML.
 //! * **AIStore GetBatch** `GET /v1/ml/moss[/{bucket}]` with `{"in":[...], "mime", "coer",
-//!   "onob", "strm"}`: one archive entry per `in` element in strict order (duplicates
-//!   included), `.tar`, `.tgz`/`.tar.gz` or `.zip`; `start`/`length` ranges; `opaque` echoed;
-//!   with `coer` a failed entry becomes a zero-size `__404__/<bucket>/<objname>` placeholder;
-//!   `strm: false` answers `multipart/mixed` (metadata, then the archive). `archpath` reads one
-//!   file out of a tar, tgz or zip archive object (the whole archive object is read, up to
-//!   [`Limits::max_buffered_bytes`]). Errors are JSON `{"message","status"}`.
+//!   "onob", "strm"}`: one archive entry per `in` element in strict order, duplicates
+//!   included in every format: `.tar`, `.tgz`/`.tar.gz`, `.tar.lz4` (an LZ4 frame,
+//!   `application/x-lz4`) or `.zip` (stored members, zip64 when needed, duplicate names
+//!   kept). Ranges are exact: `start`/`length` reads `length` bytes, `length: -1` from
+//!   `start` to the end; a range past the end (or starting at or past it) is out of bounds,
+//!   416 (with `coer`, a placeholder); a non-zero `start` without a length, a negative
+//!   `start` or a `length` below -1 is a 400. (`x-getmany-ranges: clip`, which
+//!   [`BundleStore`](crate) sends, clips ranges as the [`Store`] trait does.) `opaque` is
+//!   echoed; the `coloc` hint (body or query) and unknown fields are ignored. With `coer` a
+//!   failed entry becomes a zero-size `__404__/<bucket>/<objname>` placeholder (its error in
+//!   the multipart metadata's `err_msg`); without it the first failure answers its status
+//!   (404, 416, ...) before any byte is sent, except for an archived file, whose failure
+//!   cuts a streaming answer. `strm: false` answers `multipart/mixed` (metadata, then the
+//!   archive). `archpath` reads one file out of a tar, tgz, tar.lz4 or zip archive object
+//!   (the whole archive object is read, up to [`Limits::max_buffered_bytes`]). Errors are
+//!   JSON `{"message","status"}`, plain text naming the entry.
 //! * **S3** `GET`/`HEAD /{bucket}/{key}` with `Range`, so one endpoint also serves single
 //!   (and ranged) reads, e.g. for an [`ObjectStoreStore`](crate::ObjectStoreStore) over
 //!   `object_store`'s S3 client.

@@ -159,6 +159,7 @@ pub(crate) async fn handle(
         Compression::None => "application/x-tar",
         Compression::Gzip => "application/gzip",
         Compression::Zstd => "application/zstd",
+        Compression::Lz4 => "application/x-lz4",
     };
     let mut response = route_response(StatusCode::OK, content_type, body);
     response
