@@ -34,6 +34,9 @@ use object_store::memory::InMemory;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 const BUCKET: &str = "bench";
+/// A second bucket, always in memory, holding the objects that measure the link's B (and
+/// its L without the backend).
+const LINK: &str = "link";
 
 /// Options of `getmany bench-bundle`.
 #[derive(Debug, Args)]
@@ -218,6 +221,19 @@ struct Run {
     backend_requests: u64,
 }
 
+/// The CPU time this process (client, servers and proxies together) has used so far, from
+/// `/proc/self/stat` (in clock ticks of 10 ms; summed over a strategy's runs), or `None`
+/// where there is no such file.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces: utime and
+    // stime are the 12th and 13th.
+    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split(' ');
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
 fn median(mut runs: Vec<Run>) -> Run {
     runs.sort_by_key(|r| r.wall);
     runs[runs.len() / 2]
@@ -257,21 +273,29 @@ async fn drain<S: Store + ?Sized>(
     Ok(first.unwrap_or_default())
 }
 
-/// The benchmark's objects: `obj/NNNNN` (byte `i % 251` repeated), `tiny` (1 byte) and
-/// `large` (the whole payload in one object, for B).
+/// The benchmark's objects: `obj/NNNNN` (byte `i % 251` repeated) and `tiny` (1 byte, for
+/// L through the backend).
 fn objects(args: &BenchBundleArgs) -> impl Iterator<Item = (String, Vec<u8>)> {
     let (n, size) = (args.objects, args.size);
     (0..n)
         .map(move |i| (format!("obj/{i:05}"), vec![(i % 251) as u8; size]))
-        .chain([
-            ("tiny".to_string(), b"x".to_vec()),
-            ("large".to_string(), vec![1u8; n * size]),
-        ])
+        .chain([("tiny".to_string(), b"x".to_vec())])
 }
 
-async fn in_memory(args: &BenchBundleArgs) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+/// The link bucket's objects: `tiny` and `large` (the whole payload in one object, for B).
+fn link_objects(args: &BenchBundleArgs) -> impl Iterator<Item = (String, Vec<u8>)> {
+    [
+        ("tiny".to_string(), b"x".to_vec()),
+        ("large".to_string(), vec![1u8; args.objects * args.size]),
+    ]
+    .into_iter()
+}
+
+async fn in_memory(
+    objects: impl Iterator<Item = (String, Vec<u8>)>,
+) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
     let backend = Arc::new(InMemory::new());
-    for (key, data) in objects(args) {
+    for (key, data) in objects {
         backend
             .put(&object_store::path::Path::from(key), PutPayload::from(data))
             .await?;
@@ -348,8 +372,8 @@ async fn serve_backend(args: &BenchBundleArgs) -> Result<Served, Box<dyn std::er
             let budget = args
                 .backend_budget
                 .unwrap_or(crate::serve::OBJECT_STORE_BUDGET);
-            let store =
-                ObjectStoreStore::new(in_memory(args).await?).with_budget(IoBudget::new(budget));
+            let store = ObjectStoreStore::new(in_memory(objects(args)).await?)
+                .with_budget(IoBudget::new(budget));
             Served {
                 store: Arc::new(store),
                 budget,
@@ -378,7 +402,7 @@ async fn serve_backend(args: &BenchBundleArgs) -> Result<Served, Box<dyn std::er
             }
         }
         Backend::S3 => {
-            let objects = in_memory(args).await?;
+            let objects = in_memory(objects(args)).await?;
             let any = "127.0.0.1:0".parse()?;
             let behind = S3Server::start(objects.clone(), BUCKET, any, None).await?;
             let direct = S3Server::start(objects, BUCKET, any, None).await?;
@@ -431,9 +455,13 @@ async fn timed_get(
     Ok((started.elapsed(), body.len()))
 }
 
-/// The median time of a 1-byte GET of `base/tiny`, on a warm connection.
-async fn small_get(http: &reqwest::Client, base: &str) -> Result<Duration, reqwest::Error> {
-    let url = format!("{base}/{BUCKET}/tiny");
+/// The median time of a 1-byte GET of `base/bucket/tiny`, on a warm connection.
+async fn small_get(
+    http: &reqwest::Client,
+    base: &str,
+    bucket: &str,
+) -> Result<Duration, reqwest::Error> {
+    let url = format!("{base}/{bucket}/tiny");
     timed_get(http, url.clone()).await?;
     let mut smalls = Vec::new();
     for _ in 0..21 {
@@ -456,8 +484,10 @@ enum Via {
 pub async fn run(args: BenchBundleArgs) -> Result<(), Box<dyn std::error::Error>> {
     let served = serve_backend(&args).await?;
     let payload = (args.objects * args.size) as u64;
+    let link = ObjectStoreStore::new(in_memory(link_objects(&args)).await?);
     let server = BundleServer::builder()
         .bucket(BUCKET, served.store.clone())
+        .bucket(LINK, Arc::new(link))
         .start("127.0.0.1:0".parse()?)
         .await?;
     let one_way = Duration::from_secs_f64(args.rtt_ms / 2e3);
@@ -472,12 +502,14 @@ pub async fn run(args: BenchBundleArgs) -> Result<(), Box<dyn std::error::Error>
     );
     println!("backend: {}", served.description);
 
-    // L and B, through the proxy, on a warm connection.
+    // L and B, through the proxy, on a warm connection: L from a 1-byte object of the
+    // backend (so it includes the backend's own round trip, and a file's open), B from one
+    // large object in memory (the link's bandwidth, not one reader's of the backend).
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
-    let l = small_get(&http, &proxy.url()).await?;
+    let l = small_get(&http, &proxy.url(), BUCKET).await?;
     let mut larges = Vec::new();
     for _ in 0..5 {
-        let (t, len) = timed_get(&http, format!("{}/{BUCKET}/large", proxy.url())).await?;
+        let (t, len) = timed_get(&http, format!("{}/{LINK}/large", proxy.url())).await?;
         if len as u64 != payload {
             return Err("the large GET returned the wrong size".into());
         }
@@ -485,11 +517,12 @@ pub async fn run(args: BenchBundleArgs) -> Result<(), Box<dyn std::error::Error>
     }
     larges.sort();
     let large = larges[larges.len() / 2];
-    let transfer = large.saturating_sub(l).max(Duration::from_micros(1));
+    let link_l = small_get(&http, &proxy.url(), LINK).await?;
+    let transfer = large.saturating_sub(link_l).max(Duration::from_micros(1));
     let b = payload as f64 / transfer.as_secs_f64();
     let limit = l + Duration::from_secs_f64(payload as f64 / b);
     println!(
-        "measured through the proxy: L = {} (one 1-byte GET), B = {:.0} MB/s (one {} MiB GET: {}), limit L + P/B = {} for P = {} MiB",
+        "measured through the proxy: L = {} (one 1-byte GET), B = {:.0} MB/s (one {} MiB GET from memory: {}), limit L + P/B = {} for P = {} MiB",
         ms(l),
         b / 1e6,
         payload >> 20,
@@ -498,11 +531,12 @@ pub async fn run(args: BenchBundleArgs) -> Result<(), Box<dyn std::error::Error>
         payload >> 20
     );
     if let Some(s3) = &served.s3 {
-        let backend_l = small_get(&http, &s3.backend_proxy.url()).await?;
-        let direct_l = small_get(&http, &s3.direct_proxy.url()).await?;
+        let backend_l = small_get(&http, &s3.backend_proxy.url(), BUCKET).await?;
+        let direct_l = small_get(&http, &s3.direct_proxy.url(), BUCKET).await?;
         println!(
-            "S3: the bundle server's round trip to it L = {}; the client's, for the default get_many's GETs straight to S3, L = {}",
+            "S3: the bundle server's round trip to it L = {}; the client's to the bundle server alone L = {}, to S3 (the default get_many's GETs) L = {}",
             ms(backend_l),
+            ms(link_l),
             ms(direct_l)
         );
     }
@@ -595,6 +629,7 @@ pub async fn run(args: BenchBundleArgs) -> Result<(), Box<dyn std::error::Error>
         // Warm-up: connections open, caches warm.
         drain(*store, requests.clone(), args.size, *default_get_many).await?;
         let mut runs = Vec::new();
+        let cpu_before = cpu_time();
         for _ in 0..args.repeat.max(1) {
             let before = counters(*via);
             let started = Instant::now();
@@ -609,10 +644,15 @@ pub async fn run(args: BenchBundleArgs) -> Result<(), Box<dyn std::error::Error>
                 backend_requests: after.2 - before.2,
             });
         }
-        results.push((name.clone(), median(runs)));
+        let runs_done = runs.len() as u32;
+        let cpu = cpu_before
+            .zip(cpu_time())
+            .map(|(before, after)| (after - before) / runs_done);
+        results.push((name.clone(), median(runs), cpu));
     }
 
     let baseline = results[0].1.wall;
+    let limit_of = |run: &Run| run.wall.as_secs_f64() / limit.as_secs_f64();
     let mut table = Table::new();
     table.load_preset(ASCII_MARKDOWN);
     table.set_header(vec![
@@ -623,27 +663,29 @@ pub async fn run(args: BenchBundleArgs) -> Result<(), Box<dyn std::error::Error>
         "P'/P (wire)",
         "wall / (L+P/B)",
         "speed-up vs default",
+        "CPU / run (mean)",
     ]);
-    for (name, run) in &results {
+    for (name, run, cpu) in &results {
         table.add_row(vec![
             name.clone(),
             ms(run.wall),
             ms(run.first),
             run.requests.to_string(),
             format!("{:.3}", run.wire_bytes as f64 / payload as f64),
-            format!("{:.2}", run.wall.as_secs_f64() / limit.as_secs_f64()),
+            format!("{:.2}", limit_of(run)),
             format!("{:.1}x", baseline.as_secs_f64() / run.wall.as_secs_f64()),
+            cpu.map_or_else(|| "-".to_string(), ms),
         ]);
     }
     println!("{table}");
     println!(
-        "\nP'/P counts every byte the proxy forwarded to the client (HTTP headers, tar headers and padding included)."
+        "\nP'/P counts every byte the proxy forwarded to the client (HTTP headers, tar headers and padding included). CPU / run: this process's user + system time (client, bundle server, backend and proxies together) over the runs, divided by their number."
     );
     if served.s3.is_some() {
         let gets: Vec<String> = results
             .iter()
-            .filter(|(_, run)| run.backend_requests > 0)
-            .map(|(name, run)| format!("{name}: {}", run.backend_requests))
+            .filter(|(_, run, _)| run.backend_requests > 0)
+            .map(|(name, run, _)| format!("{name}: {}", run.backend_requests))
             .collect();
         println!(
             "GETs from the bundle server to S3 per run (budget {}): {}",
@@ -659,8 +701,8 @@ pub async fn run(args: BenchBundleArgs) -> Result<(), Box<dyn std::error::Error>
     } else {
         5.0
     };
-    for (name, run) in results.iter().skip(usize::from(!args.skip_default)).take(2) {
-        let ratio = run.wall.as_secs_f64() / limit.as_secs_f64();
+    for (name, run, _) in results.iter().skip(usize::from(!args.skip_default)).take(2) {
+        let ratio = limit_of(run);
         let speedup = baseline.as_secs_f64() / run.wall.as_secs_f64();
         println!(
             "{name}, backend {}: {:.2}x the limit (target <= {ratio_target}: {}), {:.1}x faster than the default (target >= {speedup_target}: {})",
