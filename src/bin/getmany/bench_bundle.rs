@@ -76,6 +76,23 @@ pub struct BenchBundleArgs {
     /// milliseconds.
     #[arg(long, default_value_t = 1.0)]
     backend_rtt_ms: f64,
+    /// Where the proxies put the round trip: half each way (`both`), or all of it on the
+    /// way to the server with responses forwarded at once (`request`: the same timing for
+    /// HTTP, whose every response answers a request, with one thread and two thread
+    /// hand-offs fewer per exchange; the proxies' CPU is the network's, which this machine
+    /// pays out of the same 2 cores).
+    #[arg(long, value_enum, default_value_t = Delay::Both)]
+    delay: Delay,
+}
+
+/// Where a proxy puts the round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Delay {
+    /// Half the round trip each way: one reader and one writer thread per direction.
+    Both,
+    /// The whole round trip on the way to the server (a reader and a writer thread);
+    /// responses forwarded at once by one thread.
+    Request,
 }
 
 /// What the bundle server reads from.
@@ -100,8 +117,8 @@ impl Backend {
     }
 }
 
-/// A TCP proxy that delays every byte by `one_way` in each direction and counts the bytes
-/// it forwards from the server.
+/// A TCP proxy that delays every byte by a round trip ([`Delay`] says where) and counts the
+/// bytes it forwards from the server.
 struct DelayProxy {
     addr: SocketAddr,
     to_client: Arc<AtomicU64>,
@@ -109,7 +126,7 @@ struct DelayProxy {
 }
 
 impl DelayProxy {
-    fn start(upstream: SocketAddr, one_way: Duration) -> std::io::Result<DelayProxy> {
+    fn start(upstream: SocketAddr, rtt: Duration, delay: Delay) -> std::io::Result<DelayProxy> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let to_client = Arc::new(AtomicU64::new(0));
@@ -131,8 +148,16 @@ impl DelayProxy {
                 let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
                     continue;
                 };
-                pipe(client, s2, one_way, None);
-                pipe(server, c2, one_way, Some(counter.clone()));
+                match delay {
+                    Delay::Both => {
+                        pipe(client, s2, rtt / 2, None);
+                        pipe(server, c2, rtt / 2, Some(counter.clone()));
+                    }
+                    Delay::Request => {
+                        pipe(client, s2, rtt, None);
+                        pass(server, c2, counter.clone());
+                    }
+                }
             }
         });
         Ok(DelayProxy {
@@ -208,6 +233,30 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration, count: Option<A
             let _ = give_back.send(buf);
         }
     }));
+}
+
+/// Forwards `from` to `to` as it arrives, counting the bytes, in one thread.
+fn pass(mut from: TcpStream, mut to: TcpStream, count: Arc<AtomicU64>) {
+    let _ = std::thread::Builder::new()
+        .name("delay-proxy".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = to.shutdown(Shutdown::Write);
+                        return;
+                    }
+                    Ok(n) => {
+                        if to.write_all(&buf[..n]).is_err() {
+                            let _ = to.shutdown(Shutdown::Both);
+                            return;
+                        }
+                        count.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
 }
 
 /// One timed run: wall time, time to the first answer, bytes and requests on the wire.
@@ -408,11 +457,13 @@ async fn serve_backend(args: &BenchBundleArgs) -> Result<Served, Box<dyn std::er
             let direct = S3Server::start(objects, BUCKET, any, None).await?;
             let backend_proxy = DelayProxy::start(
                 behind.local_addr(),
-                Duration::from_secs_f64(args.backend_rtt_ms / 2e3),
+                Duration::from_secs_f64(args.backend_rtt_ms / 1e3),
+                args.delay,
             )?;
             let direct_proxy = DelayProxy::start(
                 direct.local_addr(),
-                Duration::from_secs_f64(args.rtt_ms / 2e3),
+                Duration::from_secs_f64(args.rtt_ms / 1e3),
+                args.delay,
             )?;
             let budget = args
                 .backend_budget
@@ -490,14 +541,17 @@ pub async fn run(args: BenchBundleArgs) -> Result<(), Box<dyn std::error::Error>
         .bucket(LINK, Arc::new(link))
         .start("127.0.0.1:0".parse()?)
         .await?;
-    let one_way = Duration::from_secs_f64(args.rtt_ms / 2e3);
-    let proxy = DelayProxy::start(server.local_addr(), one_way)?;
+    let rtt = Duration::from_secs_f64(args.rtt_ms / 1e3);
+    let proxy = DelayProxy::start(server.local_addr(), rtt, args.delay)?;
     println!(
-        "getmany bench-bundle: {} objects of {} bytes, {} ms round trip injected by a TCP delay proxy ({} ms each way), {} repetitions (median)",
+        "getmany bench-bundle: {} objects of {} bytes, {} ms round trip injected by a TCP delay proxy ({}), {} repetitions (median)",
         args.objects,
         args.size,
         args.rtt_ms,
-        args.rtt_ms / 2.0,
+        match args.delay {
+            Delay::Both => format!("{} ms each way", args.rtt_ms / 2.0),
+            Delay::Request => "all of it on the way to the server".to_string(),
+        },
         args.repeat
     );
     println!("backend: {}", served.description);
