@@ -83,6 +83,22 @@ pub struct BenchBundleArgs {
     /// pays out of the same 2 cores).
     #[arg(long, value_enum, default_value_t = Delay::Both)]
     delay: Delay,
+    /// With `--backend s3`: how the round trip between the bundle server and S3 is made: a
+    /// TCP delay proxy (`proxy`), or the S3 server answering each request
+    /// `--backend-rtt-ms` late, timed by one thread's precise sleep, with no proxy between
+    /// (`late`: the same timing for request/response traffic without the proxy's two extra
+    /// copies and thread hand-offs per GET on the shared cores).
+    #[arg(long, value_enum, default_value_t = BackendLink::Proxy)]
+    backend_link: BackendLink,
+}
+
+/// How the bundle server's round trip to S3 is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendLink {
+    /// A TCP delay proxy.
+    Proxy,
+    /// The S3 server answers each request a round trip late.
+    Late,
 }
 
 /// Where a proxy puts the round trip.
@@ -399,8 +415,8 @@ fn s3_client(endpoint: String, connections: usize) -> object_store::Result<Arc<d
 /// same objects that the baseline reads directly.
 struct S3Side {
     behind: S3Server,
-    /// Between the bundle server and `behind`.
-    backend_proxy: DelayProxy,
+    /// Between the bundle server and `behind` (`--backend-link proxy`).
+    backend_proxy: Option<DelayProxy>,
     direct: S3Server,
     /// Between the client and `direct`: the client's round trip.
     direct_proxy: DelayProxy,
@@ -453,13 +469,22 @@ async fn serve_backend(args: &BenchBundleArgs) -> Result<Served, Box<dyn std::er
         Backend::S3 => {
             let objects = in_memory(objects(args)).await?;
             let any = "127.0.0.1:0".parse()?;
-            let behind = S3Server::start(objects.clone(), BUCKET, any, None).await?;
+            let backend_rtt = Duration::from_secs_f64(args.backend_rtt_ms / 1e3);
+            let (behind, backend_proxy) = match args.backend_link {
+                BackendLink::Proxy => {
+                    let behind = S3Server::start(objects.clone(), BUCKET, any, None).await?;
+                    let proxy = DelayProxy::start(behind.local_addr(), backend_rtt, args.delay)?;
+                    (behind, Some(proxy))
+                }
+                BackendLink::Late => {
+                    let late = Arc::new(crate::late::Late::new(objects.clone(), backend_rtt));
+                    (S3Server::start(late, BUCKET, any, None).await?, None)
+                }
+            };
+            let backend_url = backend_proxy
+                .as_ref()
+                .map_or_else(|| behind.url(), DelayProxy::url);
             let direct = S3Server::start(objects, BUCKET, any, None).await?;
-            let backend_proxy = DelayProxy::start(
-                behind.local_addr(),
-                Duration::from_secs_f64(args.backend_rtt_ms / 1e3),
-                args.delay,
-            )?;
             let direct_proxy = DelayProxy::start(
                 direct.local_addr(),
                 Duration::from_secs_f64(args.rtt_ms / 1e3),
@@ -468,15 +493,19 @@ async fn serve_backend(args: &BenchBundleArgs) -> Result<Served, Box<dyn std::er
             let budget = args
                 .backend_budget
                 .unwrap_or(crate::serve::OBJECT_STORE_BUDGET);
-            let store = ObjectStoreStore::new(s3_client(backend_proxy.url(), budget)?)
+            let store = ObjectStoreStore::new(s3_client(backend_url, budget)?)
                 .with_budget(IoBudget::new(budget));
             Served {
                 store: Arc::new(store),
                 budget,
                 description: format!(
                     "s3 (ObjectStoreStore over object_store's S3 client, budget {budget}, to an \
-                     S3 server {} ms away)",
-                    args.backend_rtt_ms
+                     S3 server {} ms away{})",
+                    args.backend_rtt_ms,
+                    match args.backend_link {
+                        BackendLink::Proxy => " through a delay proxy",
+                        BackendLink::Late => " that answers each request that much late, no proxy",
+                    }
                 ),
                 s3: Some(S3Side {
                     behind,
@@ -585,7 +614,11 @@ pub async fn run(args: BenchBundleArgs) -> Result<(), Box<dyn std::error::Error>
         payload >> 20
     );
     if let Some(s3) = &served.s3 {
-        let backend_l = small_get(&http, &s3.backend_proxy.url(), BUCKET).await?;
+        let backend_url = s3
+            .backend_proxy
+            .as_ref()
+            .map_or_else(|| s3.behind.url(), DelayProxy::url);
+        let backend_l = small_get(&http, &backend_url, BUCKET).await?;
         let direct_l = small_get(&http, &s3.direct_proxy.url(), BUCKET).await?;
         println!(
             "S3: the bundle server's round trip to it L = {}; the client's to the bundle server alone L = {}, to S3 (the default get_many's GETs) L = {}",
