@@ -1,6 +1,7 @@
 //! [`DirStore`]: a local directory as a store that never reads outside its root (feature
 //! `dir`).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -12,6 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use cap_std::fs::Dir;
 use futures::stream::{self, StreamExt};
+use tokio::sync::Notify;
 
 use crate::store::{GetManyItem, GetManyStream, ObjectMeta};
 use crate::{ByteRange, Error, IoBudget, Request, Result, Store};
@@ -112,20 +114,71 @@ impl DirStore {
     }
 }
 
-type Queue = Mutex<std::iter::Enumerate<std::vec::IntoIter<Request>>>;
-
-fn lock(
-    queue: &Queue,
-) -> std::sync::MutexGuard<'_, std::iter::Enumerate<std::vec::IntoIter<Request>>> {
-    queue.lock().unwrap_or_else(PoisonError::into_inner)
+/// The requests of one `get_many` call that no batch has taken yet, and how many batches
+/// are running.
+struct Pending {
+    queue: VecDeque<(usize, Request)>,
+    running: usize,
 }
 
-/// Reads requests from `queue` until the batch holds [`BATCH_BYTES`] or [`BATCH_FILES`].
-fn read_batch(root: &Dir, queue: &Queue) -> Vec<GetManyItem> {
-    let mut answers = Vec::new();
+/// What the batches of one `get_many` call share.
+struct Batches {
+    pending: Mutex<Pending>,
+    /// Notified each time a batch ends (its unread requests back in the queue first).
+    ended: Notify,
+}
+
+impl Batches {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next batch's requests (up to [`BATCH_FILES`]), or `None` once every request has
+    /// been read. Waits while the queue is empty but batches still run: one that stops at
+    /// [`BATCH_BYTES`] puts the requests it did not read back.
+    async fn take(&self) -> Option<Vec<(usize, Request)>> {
+        loop {
+            let ended = self.ended.notified();
+            {
+                let mut pending = self.lock();
+                if !pending.queue.is_empty() {
+                    let n = pending.queue.len().min(BATCH_FILES);
+                    pending.running += 1;
+                    return Some(pending.queue.drain(..n).collect());
+                }
+                if pending.running == 0 {
+                    return None;
+                }
+            }
+            ended.await;
+        }
+    }
+
+    /// A batch has ended; `unread` go back to the front of the queue, in order.
+    fn end(&self, unread: Vec<(usize, Request)>) {
+        {
+            let mut pending = self.lock();
+            for request in unread.into_iter().rev() {
+                pending.queue.push_front(request);
+            }
+            pending.running -= 1;
+        }
+        // notify_one keeps a permit if the call is not waiting yet, so no end is missed.
+        self.ended.notify_one();
+    }
+}
+
+/// Reads `requests` one after another until the batch holds [`BATCH_BYTES`]; returns the
+/// answers and the requests left unread.
+fn read_batch(
+    root: &Dir,
+    requests: Vec<(usize, Request)>,
+) -> (Vec<GetManyItem>, Vec<(usize, Request)>) {
+    let mut answers = Vec::with_capacity(requests.len());
     let mut bytes = 0u64;
-    while answers.len() < BATCH_FILES && bytes < BATCH_BYTES {
-        let Some((index, request)) = lock(queue).next() else {
+    let mut requests = requests.into_iter();
+    while bytes < BATCH_BYTES {
+        let Some((index, request)) = requests.next() else {
             break;
         };
         let answer = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -143,7 +196,7 @@ fn read_batch(root: &Dir, queue: &Queue) -> Vec<GetManyItem> {
         }
         answers.push((index, answer));
     }
-    answers
+    (answers, requests.collect())
 }
 
 /// One read on the blocking pool: the bytes and what the file said about itself.
@@ -299,27 +352,36 @@ impl Store for DirStore {
             return stream::empty().boxed();
         }
         let limit = self.budget.limit();
-        let queue = Arc::new(Mutex::new(requests.into_iter().enumerate()));
+        let shared = Arc::new(Batches {
+            pending: Mutex::new(Pending {
+                queue: requests.into_iter().enumerate().collect(),
+                running: 0,
+            }),
+            ended: Notify::new(),
+        });
         let root = self.root.clone();
         let budget = self.budget.clone();
-        // One batch future per poll while requests are left; a batch that finds the queue
-        // already drained by the others answers nothing.
-        let batches = stream::unfold(queue, move |queue| {
-            let left = lock(&queue).len();
-            let batch = (left > 0).then(|| {
-                let (queue_for_batch, root, budget) = (queue.clone(), root.clone(), budget.clone());
-                async move {
+        // Each batch takes its requests when it is made, so a call makes as many batches as
+        // its requests need, no more (a batch that found the queue drained by others cost a
+        // budget permit and a blocking-pool hop for nothing).
+        let batches = stream::unfold(shared, move |shared| {
+            let (root, budget) = (root.clone(), budget.clone());
+            async move {
+                let requests = shared.take().await?;
+                let ended = shared.clone();
+                let batch = async move {
                     // The blocking task starts inside the budget, not before it.
                     let work = async move {
-                        tokio::task::spawn_blocking(move || read_batch(&root, &queue_for_batch))
-                            .await
+                        tokio::task::spawn_blocking(move || read_batch(&root, requests)).await
                     };
                     // read_batch catches a panic per read; a join error is a runtime
                     // shutting down, when there is no one left to answer.
-                    budget.run(work).await.unwrap_or_default()
-                }
-            });
-            futures::future::ready(batch.map(|b| (b, queue)))
+                    let (answers, unread) = budget.run(work).await.unwrap_or_default();
+                    ended.end(unread);
+                    answers
+                };
+                Some((batch, shared))
+            }
         });
         crate::task::drive(batches, limit)
     }
@@ -334,5 +396,53 @@ impl Store for DirStore {
 
     fn io_budget(&self) -> &IoBudget {
         &self.budget
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Batches that stop at BATCH_BYTES put their unread requests back: with files of
+    /// 300 KiB a batch reads 4 of them, so most requests go back at least once; small files
+    /// fill batches of BATCH_FILES. Every index is answered once, with its own file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_request_is_answered_once_when_batches_stop_at_their_byte_limit() {
+        let root = tempfile::tempdir().unwrap();
+        let sizes: Vec<usize> = (0..300)
+            .map(|i| if i % 3 == 0 { 300 << 10 } else { 100 + i })
+            .collect();
+        for (i, size) in sizes.iter().enumerate() {
+            std::fs::write(
+                root.path().join(format!("f{i}")),
+                vec![(i % 251) as u8; *size],
+            )
+            .unwrap();
+        }
+        for limit in [1, 3, 64] {
+            let store = DirStore::open(root.path()).unwrap().with_limit(limit);
+            let mut requests: Vec<Request> = (0..sizes.len())
+                .map(|i| Request::whole(format!("f{i}")))
+                .collect();
+            requests.push(Request::whole("missing"));
+            let mut seen = vec![false; requests.len()];
+            let mut answers = store.get_many(requests);
+            while let Some((index, answer)) = answers.next().await {
+                assert!(!seen[index], "index {index} answered twice");
+                seen[index] = true;
+                match sizes.get(index) {
+                    Some(&size) => {
+                        let bytes = answer.unwrap().unwrap();
+                        assert_eq!(bytes.len(), size, "index {index}");
+                        assert!(bytes.iter().all(|&b| b == (index % 251) as u8));
+                    }
+                    None => assert_eq!(answer.unwrap(), None),
+                }
+            }
+            assert!(
+                seen.iter().all(|&s| s),
+                "budget {limit}: some index never answered"
+            );
+        }
     }
 }

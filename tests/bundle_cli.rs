@@ -75,3 +75,73 @@ fn serve_refuses_a_public_address_without_credentials() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("without credentials"), "{stderr}");
 }
+
+#[test]
+fn serve_takes_a_backend_budget_and_refuses_zero() {
+    let root = tempfile::tempdir().unwrap();
+    for bucket in ["one", "two"] {
+        std::fs::create_dir(root.path().join(bucket)).unwrap();
+    }
+    let serve = |extra: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_getmany"))
+            .args(["serve", "--root"])
+            .arg(root.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let server = Server(child);
+        let lines: Vec<String> = BufReader::new(stdout)
+            .lines()
+            .take(3)
+            .map(Result::unwrap)
+            .collect();
+        drop(server);
+        lines
+    };
+    // The default: DirStore's 64 batches in flight, per bucket.
+    assert_eq!(serve(&[])[2], "backend budget: 64, 64");
+    assert_eq!(serve(&["--backend-budget", "7"])[2], "backend budget: 7, 7");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_getmany"))
+        .args(["serve", "--root"])
+        .arg(root.path())
+        .args(["--listen", "127.0.0.1:0", "--backend-budget", "0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--backend-budget"), "{stderr}");
+}
+
+/// `bench-bundle` on each backend, tiny: the served store gets the budget asked for and
+/// every strategy reads every object (the command checks each answer).
+#[test]
+fn bench_bundle_runs_on_each_backend_with_its_budget() {
+    for backend in ["memory", "dir", "s3"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_getmany"))
+            .args(["bench-bundle", "--objects", "16", "--size", "300"])
+            .args(["--repeat", "1", "--rtt-ms", "0", "--backend-rtt-ms", "0"])
+            .args(["--backend", backend, "--backend-budget", "3"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{backend}: {stdout}\n{stderr}");
+        let described = stdout
+            .lines()
+            .find(|l| l.starts_with("backend: "))
+            .unwrap_or_default();
+        assert!(
+            described.starts_with(&format!("backend: {backend} "))
+                && described.contains("budget 3"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("| BundleStore, Tigris, one bundle"),
+            "{stdout}"
+        );
+    }
+}

@@ -12,6 +12,7 @@ mod bench;
 mod bench_archive;
 mod bench_bundle;
 mod bench_zarr;
+mod late;
 mod link;
 mod proxy;
 mod serve;

@@ -8,7 +8,24 @@ use std::time::Duration;
 
 use clap::Args;
 use getmany::server::{BundleServer, Limits, valid_bucket_name};
-use getmany::{DirStore, ObjectStoreStore, Store};
+use getmany::{DirStore, IoBudget, ObjectStoreStore, Store};
+
+/// The I/O budget of a bucket served from an object_store URL when `--backend-budget` is
+/// not given: GETs in flight to the object store, per bucket. Chosen from the
+/// `getmany bench-bundle --backend s3` sweep (docs/bundle-speed.md).
+pub const OBJECT_STORE_BUDGET: usize = 256;
+
+/// The I/O budget of a directory bucket when `--backend-budget` is not given: batches of up
+/// to 64 files read at once (DirStore's default).
+pub const DIR_BUDGET: usize = IoBudget::DEFAULT_LIMIT;
+
+/// A budget of at least one read.
+pub fn parse_budget(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("expected a positive number of reads, not {s:?}")),
+    }
+}
 
 /// Options of `getmany serve`.
 #[derive(Debug, Args)]
@@ -61,6 +78,12 @@ pub struct ServeArgs {
     /// Connections open at once; more are closed at once.
     #[arg(long, default_value_t = Limits::default().max_connections)]
     max_connections: usize,
+    /// Reads in flight from each bucket's store, shared by every bundle: GETs to the object
+    /// store for --url (default 256: a server next to its object store, where a GET takes
+    /// 5-20 ms, needs many in flight), batches of up to 64 files for a directory (default
+    /// 64).
+    #[arg(long, value_parser = parse_budget)]
+    backend_budget: Option<usize>,
 }
 
 /// A positive, finite number of seconds.
@@ -87,7 +110,10 @@ fn env_options() -> Vec<(String, String)> {
 /// A bucket name and the store that serves it.
 type Bucket = (String, Arc<dyn Store>);
 
-fn buckets_of_root(root: &PathBuf) -> Result<Vec<Bucket>, Box<dyn std::error::Error>> {
+fn buckets_of_root(
+    root: &PathBuf,
+    budget: usize,
+) -> Result<Vec<Bucket>, Box<dyn std::error::Error>> {
     let mut buckets = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(root)
         .map_err(|e| format!("cannot read --root {}: {e}", root.display()))?
@@ -104,7 +130,8 @@ fn buckets_of_root(root: &PathBuf) -> Result<Vec<Bucket>, Box<dyn std::error::Er
             continue;
         }
         let store = DirStore::open(entry.path())
-            .map_err(|e| format!("cannot open bucket directory {name:?}: {e}"))?;
+            .map_err(|e| format!("cannot open bucket directory {name:?}: {e}"))?
+            .with_limit(budget);
         buckets.push((name, Arc::new(store) as Arc<dyn Store>));
     }
     Ok(buckets)
@@ -113,6 +140,7 @@ fn buckets_of_root(root: &PathBuf) -> Result<Vec<Bucket>, Box<dyn std::error::Er
 fn bucket_of_url(
     url: &str,
     name: Option<String>,
+    budget: Option<usize>,
 ) -> Result<(String, Arc<dyn Store>), Box<dyn std::error::Error>> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("--url {url:?}: {e}"))?;
     if parsed.scheme() == "file" {
@@ -121,10 +149,16 @@ fn bucket_of_url(
         let path = parsed
             .to_file_path()
             .map_err(|()| format!("--url {url:?}: not a local path"))?;
-        let store = DirStore::open(&path).map_err(|e| format!("--url {url:?}: {e}"))?;
+        let store = DirStore::open(&path)
+            .map_err(|e| format!("--url {url:?}: {e}"))?
+            .with_limit(budget.unwrap_or(DIR_BUDGET));
         return Ok((name.unwrap_or_else(|| "data".to_string()), Arc::new(store)));
     }
-    let (store, prefix) = object_store::parse_url_opts(&parsed, env_options())
+    let budget = budget.unwrap_or(OBJECT_STORE_BUDGET);
+    let mut options = env_options();
+    // Keep a connection per read in flight open between bundles.
+    options.push(("pool_max_idle_per_host".into(), budget.to_string()));
+    let (store, prefix) = object_store::parse_url_opts(&parsed, options)
         .map_err(|e| format!("--url {url:?}: {e}"))?;
     let name = name
         .or_else(|| {
@@ -134,15 +168,21 @@ fn bucket_of_url(
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| "data".to_string());
-    let store = ObjectStoreStore::new(Arc::from(store)).with_prefix(prefix.as_ref())?;
+    let store = ObjectStoreStore::new(Arc::from(store))
+        .with_prefix(prefix.as_ref())?
+        .with_budget(IoBudget::new(budget));
     Ok((name, Arc::new(store)))
 }
 
 /// Runs the server until the process is stopped.
 pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let buckets = match (&args.root, &args.url) {
-        (Some(root), _) => buckets_of_root(root)?,
-        (None, Some(url)) => vec![bucket_of_url(url, args.bucket.clone())?],
+        (Some(root), _) => buckets_of_root(root, args.backend_budget.unwrap_or(DIR_BUDGET))?,
+        (None, Some(url)) => vec![bucket_of_url(
+            url,
+            args.bucket.clone(),
+            args.backend_budget,
+        )?],
         (None, None) => return Err("give --root DIR or --url URL".into()),
     };
     if buckets.is_empty() {
@@ -159,6 +199,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut builder = BundleServer::builder().limits(limits);
     let names: Vec<String> = buckets.iter().map(|(n, _)| n.clone()).collect();
+    let stores: Vec<Arc<dyn Store>> = buckets.iter().map(|(_, s)| s.clone()).collect();
     for (name, store) in buckets {
         builder = builder.bucket(name, store);
     }
@@ -175,6 +216,11 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     // The first line is for scripts: the address to connect to.
     println!("listening on {}", server.url());
     println!("buckets: {}", names.join(", "));
+    let budgets: Vec<String> = stores
+        .iter()
+        .map(|store| store.io_budget().limit().to_string())
+        .collect();
+    println!("backend budget: {}", budgets.join(", "));
     std::future::pending::<()>().await;
     Ok(())
 }
