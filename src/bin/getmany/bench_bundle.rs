@@ -13,6 +13,15 @@
 //! `getmany serve --url s3://...` does next to its object store). With `s3` the baseline's
 //! concurrent GETs go straight to S3 (a second S3 server over the same objects), through a
 //! proxy of the client's round trip: the client reading the objects itself.
+//!
+//! `--backend-budget` is the served store's I/O budget (`getmany serve --backend-budget`).
+//! `--backend-link late` replaces the proxy between the bundle server and S3 by an S3 server
+//! that answers each request a round trip late (see `late.rs`); `--delay request` puts a
+//! proxy's whole round trip on the way to the server. Both keep the timing and cut the
+//! harness's own CPU, which on this machine comes out of the cores the client and servers
+//! share (docs/bundle-speed.md has the figures). B is measured on a second bucket held in
+//! memory, so it is the link's and not one reader's of the backend; the CPU column is the
+//! whole process's user + system time per run.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -73,7 +82,7 @@ pub struct BenchBundleArgs {
     #[arg(long, value_parser = crate::serve::parse_budget)]
     backend_budget: Option<usize>,
     /// With `--backend s3`: the round trip between the bundle server and S3, in
-    /// milliseconds.
+    /// milliseconds (0: S3 on loopback, nothing between).
     #[arg(long, default_value_t = 1.0)]
     backend_rtt_ms: f64,
     /// Where the proxies put the round trip: half each way (`both`), or all of it on the
@@ -471,6 +480,11 @@ async fn serve_backend(args: &BenchBundleArgs) -> Result<Served, Box<dyn std::er
             let any = "127.0.0.1:0".parse()?;
             let backend_rtt = Duration::from_secs_f64(args.backend_rtt_ms / 1e3);
             let (behind, backend_proxy) = match args.backend_link {
+                // No round trip to add: S3 on loopback, nothing between.
+                _ if backend_rtt.is_zero() => (
+                    S3Server::start(objects.clone(), BUCKET, any, None).await?,
+                    None,
+                ),
                 BackendLink::Proxy => {
                     let behind = S3Server::start(objects.clone(), BUCKET, any, None).await?;
                     let proxy = DelayProxy::start(behind.local_addr(), backend_rtt, args.delay)?;
