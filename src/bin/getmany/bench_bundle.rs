@@ -517,6 +517,7 @@ async fn serve_backend(args: &BenchBundleArgs) -> Result<Served, Box<dyn std::er
                      S3 server {} ms away{})",
                     args.backend_rtt_ms,
                     match args.backend_link {
+                        _ if backend_rtt.is_zero() => " on loopback, nothing between",
                         BackendLink::Proxy => " through a delay proxy",
                         BackendLink::Late => " that answers each request that much late, no proxy",
                     }
