@@ -101,8 +101,8 @@ fn serve_takes_a_backend_budget_and_refuses_zero() {
         drop(server);
         lines
     };
-    // The default: DirStore's 64 batches in flight, per bucket.
-    assert_eq!(serve(&[])[2], "backend budget: 64, 64");
+    // The default for a directory: 16 batches in flight, per bucket.
+    assert_eq!(serve(&[])[2], "backend budget: 16, 16");
     assert_eq!(serve(&["--backend-budget", "7"])[2], "backend budget: 7, 7");
 
     let output = Command::new(env!("CARGO_BIN_EXE_getmany"))
