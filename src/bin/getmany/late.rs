@@ -177,3 +177,33 @@ impl ObjectStore for Late {
         self.inner.copy_opts(from, to, options).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::ObjectStoreExt;
+    use object_store::memory::InMemory;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_at_once_are_each_answered_one_delay_late() {
+        let inner = Arc::new(InMemory::new());
+        let key = Path::from("a");
+        inner
+            .put(&key, PutPayload::from_static(b"x"))
+            .await
+            .unwrap();
+        let delay = Duration::from_millis(30);
+        let late = Late::new(inner, delay);
+        let started = Instant::now();
+        let gets = (0..10).map(|_| async {
+            let got = late.get(&key).await.unwrap().bytes().await.unwrap();
+            (got, started.elapsed())
+        });
+        for (got, elapsed) in futures::future::join_all(gets).await {
+            assert_eq!(&got[..], b"x");
+            assert!(elapsed >= delay, "answered after {elapsed:?}");
+            // Together, not one after another (10 x 30 ms).
+            assert!(elapsed < delay * 5, "answered after {elapsed:?}");
+        }
+    }
+}
