@@ -24,8 +24,8 @@ use object_store::{
 };
 
 /// Calls waiting for their time, in the order they are due (the delay is fixed, so the
-/// order they came in), served by one thread.
-struct Timer {
+/// order they came in), served by one thread. Also times `async_proxy`'s pieces.
+pub struct Timer {
     delay: Duration,
     queue: Mutex<VecDeque<(Instant, oneshot::Sender<()>)>>,
     /// Signalled when the queue stops being empty.
@@ -33,7 +33,8 @@ struct Timer {
 }
 
 impl Timer {
-    fn start(delay: Duration) -> Arc<Timer> {
+    /// A timer of `delay`, with its thread.
+    pub fn start(delay: Duration) -> Arc<Timer> {
         let timer = Arc::new(Timer {
             delay,
             queue: Mutex::new(VecDeque::new()),
@@ -81,15 +82,19 @@ impl Timer {
 
     /// Resolves `delay` from now.
     async fn wait(&self) {
+        let _ = self.after_delay().await;
+    }
+
+    /// A receiver that resolves `delay` from now (counted from this call, not from the
+    /// first poll).
+    pub fn after_delay(&self) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        {
-            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            queue.push_back((Instant::now() + self.delay, tx));
-            if queue.len() == 1 {
-                self.filled.notify_one();
-            }
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.push_back((Instant::now() + self.delay, tx));
+        if queue.len() == 1 {
+            self.filled.notify_one();
         }
-        let _ = rx.await;
+        rx
     }
 }
 
