@@ -120,17 +120,25 @@ fn serve_takes_a_backend_budget_and_refuses_zero() {
 /// every strategy reads every object (the command checks each answer).
 #[test]
 fn bench_bundle_runs_on_each_backend_with_its_budget() {
-    for (backend, link) in [
-        ("memory", "proxy"),
-        ("dir", "proxy"),
-        ("s3", "proxy"),
-        ("s3", "late"),
+    for (backend, link, proxy) in [
+        ("memory", "proxy", "threads"),
+        ("dir", "proxy", "threads"),
+        ("s3", "proxy", "threads"),
+        ("s3", "late", "threads"),
+        ("s3", "proxy", "async"),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_getmany"))
             .args(["bench-bundle", "--objects", "16", "--size", "300"])
             .args(["--repeat", "1", "--rtt-ms", "0", "--backend-rtt-ms", "1"])
             .args(["--backend", backend, "--backend-budget", "3"])
-            .args(["--backend-link", link, "--delay", "request"])
+            .args([
+                "--backend-link",
+                link,
+                "--delay",
+                "request",
+                "--proxy",
+                proxy,
+            ])
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
