@@ -101,8 +101,8 @@ fn serve_takes_a_backend_budget_and_refuses_zero() {
         drop(server);
         lines
     };
-    // The default: DirStore's 64 batches in flight, per bucket.
-    assert_eq!(serve(&[])[2], "backend budget: 64, 64");
+    // The default for a directory: 16 batches in flight, per bucket.
+    assert_eq!(serve(&[])[2], "backend budget: 16, 16");
     assert_eq!(serve(&["--backend-budget", "7"])[2], "backend budget: 7, 7");
 
     let output = Command::new(env!("CARGO_BIN_EXE_getmany"))
@@ -120,11 +120,25 @@ fn serve_takes_a_backend_budget_and_refuses_zero() {
 /// every strategy reads every object (the command checks each answer).
 #[test]
 fn bench_bundle_runs_on_each_backend_with_its_budget() {
-    for backend in ["memory", "dir", "s3"] {
+    for (backend, link, proxy) in [
+        ("memory", "proxy", "threads"),
+        ("dir", "proxy", "threads"),
+        ("s3", "proxy", "threads"),
+        ("s3", "late", "threads"),
+        ("s3", "proxy", "async"),
+    ] {
         let output = Command::new(env!("CARGO_BIN_EXE_getmany"))
             .args(["bench-bundle", "--objects", "16", "--size", "300"])
-            .args(["--repeat", "1", "--rtt-ms", "0", "--backend-rtt-ms", "0"])
+            .args(["--repeat", "1", "--rtt-ms", "0", "--backend-rtt-ms", "1"])
             .args(["--backend", backend, "--backend-budget", "3"])
+            .args([
+                "--backend-link",
+                link,
+                "--delay",
+                "request",
+                "--proxy",
+                proxy,
+            ])
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);

@@ -13,6 +13,15 @@
 //! `getmany serve --url s3://...` does next to its object store). With `s3` the baseline's
 //! concurrent GETs go straight to S3 (a second S3 server over the same objects), through a
 //! proxy of the client's round trip: the client reading the objects itself.
+//!
+//! `--backend-budget` is the served store's I/O budget (`getmany serve --backend-budget`).
+//! `--backend-link late` replaces the proxy between the bundle server and S3 by an S3 server
+//! that answers each request a round trip late (see `late.rs`); `--delay request` puts a
+//! proxy's whole round trip on the way to the server. Both keep the timing and cut the
+//! harness's own CPU, which on this machine comes out of the cores the client and servers
+//! share (docs/bundle-speed.md has the figures). B is measured on a second bucket held in
+//! memory, so it is the link's and not one reader's of the backend; the CPU column is the
+//! whole process's user + system time per run.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -73,7 +82,7 @@ pub struct BenchBundleArgs {
     #[arg(long, value_parser = crate::serve::parse_budget)]
     backend_budget: Option<usize>,
     /// With `--backend s3`: the round trip between the bundle server and S3, in
-    /// milliseconds.
+    /// milliseconds (0: S3 on loopback, nothing between).
     #[arg(long, default_value_t = 1.0)]
     backend_rtt_ms: f64,
     /// Where the proxies put the round trip: half each way (`both`), or all of it on the
@@ -90,6 +99,62 @@ pub struct BenchBundleArgs {
     /// copies and thread hand-offs per GET on the shared cores).
     #[arg(long, value_enum, default_value_t = BackendLink::Proxy)]
     backend_link: BackendLink,
+    /// How the delay proxies are built: a thread per direction and connection (`threads`),
+    /// or tasks of one runtime on one thread, pieces timed by a thread with precise sleeps
+    /// (`async`: no thread per connection).
+    #[arg(long, value_enum, default_value_t = ProxyKind::Threads)]
+    proxy: ProxyKind,
+}
+
+/// How a delay proxy is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProxyKind {
+    /// Two threads per direction and connection.
+    Threads,
+    /// One thread for every connection, plus a timer thread per direction.
+    Async,
+}
+
+/// A delay proxy of either kind.
+enum Proxy {
+    Threads(DelayProxy),
+    Async(crate::async_proxy::AsyncDelayProxy),
+}
+
+impl Proxy {
+    fn start(
+        kind: ProxyKind,
+        upstream: SocketAddr,
+        rtt: Duration,
+        delay: Delay,
+    ) -> std::io::Result<Proxy> {
+        Ok(match kind {
+            ProxyKind::Threads => Proxy::Threads(DelayProxy::start(upstream, rtt, delay)?),
+            ProxyKind::Async => {
+                let (up, down) = match delay {
+                    Delay::Both => (rtt / 2, rtt / 2),
+                    Delay::Request => (rtt, Duration::ZERO),
+                };
+                Proxy::Async(crate::async_proxy::AsyncDelayProxy::start(
+                    upstream, up, down,
+                )?)
+            }
+        })
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Proxy::Threads(p) => p.url(),
+            Proxy::Async(p) => p.url(),
+        }
+    }
+
+    fn bytes_to_client(&self) -> u64 {
+        match self {
+            Proxy::Threads(p) => p.bytes_to_client(),
+            Proxy::Async(p) => p.bytes_to_client(),
+        }
+    }
 }
 
 /// How the bundle server's round trip to S3 is made.
@@ -416,10 +481,10 @@ fn s3_client(endpoint: String, connections: usize) -> object_store::Result<Arc<d
 struct S3Side {
     behind: S3Server,
     /// Between the bundle server and `behind` (`--backend-link proxy`).
-    backend_proxy: Option<DelayProxy>,
+    backend_proxy: Option<Proxy>,
     direct: S3Server,
     /// Between the client and `direct`: the client's round trip.
-    direct_proxy: DelayProxy,
+    direct_proxy: Proxy,
 }
 
 /// What the bundle server serves, and what it takes to keep it.
@@ -471,9 +536,15 @@ async fn serve_backend(args: &BenchBundleArgs) -> Result<Served, Box<dyn std::er
             let any = "127.0.0.1:0".parse()?;
             let backend_rtt = Duration::from_secs_f64(args.backend_rtt_ms / 1e3);
             let (behind, backend_proxy) = match args.backend_link {
+                // No round trip to add: S3 on loopback, nothing between.
+                _ if backend_rtt.is_zero() => (
+                    S3Server::start(objects.clone(), BUCKET, any, None).await?,
+                    None,
+                ),
                 BackendLink::Proxy => {
                     let behind = S3Server::start(objects.clone(), BUCKET, any, None).await?;
-                    let proxy = DelayProxy::start(behind.local_addr(), backend_rtt, args.delay)?;
+                    let proxy =
+                        Proxy::start(args.proxy, behind.local_addr(), backend_rtt, args.delay)?;
                     (behind, Some(proxy))
                 }
                 BackendLink::Late => {
@@ -483,9 +554,10 @@ async fn serve_backend(args: &BenchBundleArgs) -> Result<Served, Box<dyn std::er
             };
             let backend_url = backend_proxy
                 .as_ref()
-                .map_or_else(|| behind.url(), DelayProxy::url);
+                .map_or_else(|| behind.url(), Proxy::url);
             let direct = S3Server::start(objects, BUCKET, any, None).await?;
-            let direct_proxy = DelayProxy::start(
+            let direct_proxy = Proxy::start(
+                args.proxy,
                 direct.local_addr(),
                 Duration::from_secs_f64(args.rtt_ms / 1e3),
                 args.delay,
@@ -503,6 +575,7 @@ async fn serve_backend(args: &BenchBundleArgs) -> Result<Served, Box<dyn std::er
                      S3 server {} ms away{})",
                     args.backend_rtt_ms,
                     match args.backend_link {
+                        _ if backend_rtt.is_zero() => " on loopback, nothing between",
                         BackendLink::Proxy => " through a delay proxy",
                         BackendLink::Late => " that answers each request that much late, no proxy",
                     }
@@ -571,7 +644,7 @@ pub async fn run(args: BenchBundleArgs) -> Result<(), Box<dyn std::error::Error>
         .start("127.0.0.1:0".parse()?)
         .await?;
     let rtt = Duration::from_secs_f64(args.rtt_ms / 1e3);
-    let proxy = DelayProxy::start(server.local_addr(), rtt, args.delay)?;
+    let proxy = Proxy::start(args.proxy, server.local_addr(), rtt, args.delay)?;
     println!(
         "getmany bench-bundle: {} objects of {} bytes, {} ms round trip injected by a TCP delay proxy ({}), {} repetitions (median)",
         args.objects,
@@ -617,7 +690,7 @@ pub async fn run(args: BenchBundleArgs) -> Result<(), Box<dyn std::error::Error>
         let backend_url = s3
             .backend_proxy
             .as_ref()
-            .map_or_else(|| s3.behind.url(), DelayProxy::url);
+            .map_or_else(|| s3.behind.url(), Proxy::url);
         let backend_l = small_get(&http, &backend_url, BUCKET).await?;
         let direct_l = small_get(&http, &s3.direct_proxy.url(), BUCKET).await?;
         println!(

@@ -24,8 +24,8 @@ use object_store::{
 };
 
 /// Calls waiting for their time, in the order they are due (the delay is fixed, so the
-/// order they came in), served by one thread.
-struct Timer {
+/// order they came in), served by one thread. Also times `async_proxy`'s pieces.
+pub struct Timer {
     delay: Duration,
     queue: Mutex<VecDeque<(Instant, oneshot::Sender<()>)>>,
     /// Signalled when the queue stops being empty.
@@ -33,7 +33,8 @@ struct Timer {
 }
 
 impl Timer {
-    fn start(delay: Duration) -> Arc<Timer> {
+    /// A timer of `delay`, with its thread.
+    pub fn start(delay: Duration) -> Arc<Timer> {
         let timer = Arc::new(Timer {
             delay,
             queue: Mutex::new(VecDeque::new()),
@@ -81,15 +82,19 @@ impl Timer {
 
     /// Resolves `delay` from now.
     async fn wait(&self) {
+        let _ = self.after_delay().await;
+    }
+
+    /// A receiver that resolves `delay` from now (counted from this call, not from the
+    /// first poll).
+    pub fn after_delay(&self) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        {
-            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            queue.push_back((Instant::now() + self.delay, tx));
-            if queue.len() == 1 {
-                self.filled.notify_one();
-            }
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.push_back((Instant::now() + self.delay, tx));
+        if queue.len() == 1 {
+            self.filled.notify_one();
         }
-        let _ = rx.await;
+        rx
     }
 }
 
@@ -175,5 +180,35 @@ impl ObjectStore for Late {
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         self.timer.wait().await;
         self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::ObjectStoreExt;
+    use object_store::memory::InMemory;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_at_once_are_each_answered_one_delay_late() {
+        let inner = Arc::new(InMemory::new());
+        let key = Path::from("a");
+        inner
+            .put(&key, PutPayload::from_static(b"x"))
+            .await
+            .unwrap();
+        let delay = Duration::from_millis(30);
+        let late = Late::new(inner, delay);
+        let started = Instant::now();
+        let gets = (0..10).map(|_| async {
+            let got = late.get(&key).await.unwrap().bytes().await.unwrap();
+            (got, started.elapsed())
+        });
+        for (got, elapsed) in futures::future::join_all(gets).await {
+            assert_eq!(&got[..], b"x");
+            assert!(elapsed >= delay, "answered after {elapsed:?}");
+            // Together, not one after another (10 x 30 ms).
+            assert!(elapsed < delay * 5, "answered after {elapsed:?}");
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! `BundleStore` with concurrent GETs through a TCP delay proxy; `getmany bench-archive`
 //! reads members of zip shards through `ArchiveStore` against downloading the archives.
 
+mod async_proxy;
 mod bench;
 mod bench_archive;
 mod bench_bundle;

@@ -16,8 +16,12 @@ use getmany::{DirStore, IoBudget, ObjectStoreStore, Store};
 pub const OBJECT_STORE_BUDGET: usize = 256;
 
 /// The I/O budget of a directory bucket when `--backend-budget` is not given: batches of up
-/// to 64 files read at once (DirStore's default).
-pub const DIR_BUDGET: usize = IoBudget::DEFAULT_LIMIT;
+/// to 64 files read at once. Below DirStore's own default of 64: with the files in the page
+/// cache, 64 batches at once were the slowest of 1-64 in the `bench-bundle --backend dir`
+/// sweep at RTT 0 (reads run far ahead of the response, and their buffers leave the CPU's
+/// caches before they are sent), while 16 still keeps a cold disk's queue busy
+/// (docs/bundle-speed.md).
+pub const DIR_BUDGET: usize = 16;
 
 /// A budget of at least one read.
 pub fn parse_budget(s: &str) -> Result<usize, String> {
@@ -81,7 +85,7 @@ pub struct ServeArgs {
     /// Reads in flight from each bucket's store, shared by every bundle: GETs to the object
     /// store for --url (default 256: a server next to its object store, where a GET takes
     /// 5-20 ms, needs many in flight), batches of up to 64 files for a directory (default
-    /// 64).
+    /// 16).
     #[arg(long, value_parser = parse_budget)]
     backend_budget: Option<usize>,
 }
